@@ -1,0 +1,3 @@
+from speakerprint.cli.main import main
+
+main()
