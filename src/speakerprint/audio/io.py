@@ -1,0 +1,355 @@
+"""Reading audio files: one loader for every format, one resampler, one header reader.
+
+Every function returns or describes mono float32 audio in [-1, 1]. Files that libsndfile reads
+(WAV, FLAC, Ogg Vorbis/Opus, ...) go through :mod:`soundfile`, which can seek, so a training crop
+of a long file decodes only the crop. Anything else (MP3, M4A/AAC, MP4, WebM, ...) and any file
+soundfile refuses is decoded with PyAV (FFmpeg). Whatever goes wrong, the caller sees one error
+type, :class:`AudioLoadError`, naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from speakerprint.errors import SpeakerprintError
+
+__all__ = ["AudioInfo", "AudioLoadError", "audio_info", "load_audio", "resample"]
+
+# Extensions tried with soundfile first; everything else goes straight to PyAV. MP3 is left to
+# PyAV on purpose: FFmpeg applies the encoder delay/padding (gapless) info consistently.
+_SOUNDFILE_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".snd"}
+    | {".w64", ".rf64", ".caf"}
+)
+
+
+class AudioLoadError(SpeakerprintError, ValueError):
+    """An audio file cannot be read: missing, empty, corrupt, not audio, or a bad crop window.
+
+    Attributes:
+        path: the path as given.
+        reason: what went wrong, in words.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot load audio '{self.path}': {reason}")
+
+    def __reduce__(self):
+        # So the error survives pickling (e.g. out of a DataLoader worker) with its attributes.
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, before any resampling or mix-down.
+
+    Attributes:
+        sample_rate: samples per second per channel, in Hz.
+        num_samples: samples per channel.
+        num_channels: number of channels.
+        duration_s: ``num_samples / sample_rate``, in seconds.
+        format: container and codec in lower case, e.g. ``"wav/pcm_16"``, ``"ogg/opus"``,
+            ``"mp3/mp3"``, ``"mov/aac"``.
+    """
+
+    sample_rate: int
+    num_samples: int
+    num_channels: int
+    duration_s: float
+    format: str
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample with soxr (quality 'HQ'); returns float32.
+
+    Args:
+        wav: samples, shape ``(N,)`` or ``(N, C)`` (time first, as soundfile returns).
+        orig_sr: sample rate of ``wav`` in Hz.
+        target_sr: wanted sample rate in Hz.
+
+    Returns:
+        float32 array of shape ``(M,)`` or ``(M, C)``, ``M ≈ N * target_sr / orig_sr``;
+        the input itself (as float32) when the rates are equal.
+
+    >>> resample(np.zeros(8000, np.float32), 8000, 16000).shape
+    (16000,)
+    """
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    wav = np.asarray(wav, dtype=np.float32)
+    if orig_sr == target_sr or wav.shape[0] == 0:
+        return wav
+    return np.asarray(soxr.resample(wav, orig_sr, target_sr, quality="HQ"), dtype=np.float32)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = 16000,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+) -> np.ndarray:
+    """Load an audio file as mono float32 in [-1, 1] at ``sample_rate``.
+
+    Channels are averaged; the signal is resampled with soxr when the file's rate differs.
+    With ``start_s``/``duration_s`` only that window (in seconds of the file) is returned; for
+    formats soundfile reads, only the window is decoded. A window that runs past the end returns
+    what exists; a window that starts at or past the end is an error.
+
+    Args:
+        path: any file libsndfile or FFmpeg can decode.
+        sample_rate: output rate in Hz.
+        start_s: start of the window in seconds.
+        duration_s: length of the window in seconds; ``None`` reads to the end.
+
+    Returns:
+        float32 array of shape ``(num_samples,)``.
+
+    Raises:
+        AudioLoadError: for every failure (missing, empty, corrupt or non-audio file, no samples,
+            NaN/Inf samples, bad window).
+
+    >>> wav = load_audio("utt.opus", 16000, start_s=1.0, duration_s=2.0)  # doctest: +SKIP
+    >>> wav.shape, wav.dtype  # doctest: +SKIP
+    ((32000,), dtype('float32'))
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise AudioLoadError(path, f"sample_rate must be a positive int, got {sample_rate!r}")
+    if not _is_finite_number(start_s) or start_s < 0:
+        raise AudioLoadError(path, f"start_s must be a finite number >= 0, got {start_s!r}")
+    if duration_s is not None and (not _is_finite_number(duration_s) or duration_s <= 0):
+        raise AudioLoadError(path, f"duration_s must be a finite number > 0, got {duration_s!r}")
+    file = _check_file(path)
+
+    if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+        try:
+            wav, file_sr = _read_soundfile(file, path, start_s, duration_s)
+        except RuntimeError as sf_error:  # soundfile's LibsndfileError
+            # libsndfile refuses some valid files (e.g. MP3 or ADPCM inside .wav): let FFmpeg try.
+            wav, file_sr = _read_pyav(file, path, start_s, duration_s, soundfile_error=sf_error)
+    else:
+        wav, file_sr = _read_pyav(file, path, start_s, duration_s)
+
+    if wav.shape[0] == 0:
+        raise AudioLoadError(path, "the file holds no audio samples")
+    if not np.isfinite(wav).all():
+        raise AudioLoadError(path, "the audio contains NaN or Inf samples")
+    wav = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]
+    wav = resample(wav, file_sr, sample_rate)
+    # Float files, lossy decoders and resampling can overshoot full scale slightly.
+    return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read a file's header: sample rate, length, channels, format. Cheap: decodes nothing,
+    unless an FFmpeg container states no duration, in which case the audio is decoded to count.
+
+    Raises:
+        AudioLoadError: the file is missing, empty, not audio or holds no samples.
+
+    >>> info = audio_info("utt.opus")  # doctest: +SKIP
+    >>> info.sample_rate, info.duration_s  # doctest: +SKIP
+    (16000, 2.58)
+    """
+    file = _check_file(path)
+    info = None
+    if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+        try:
+            with sf.SoundFile(file) as f:
+                num_samples = f.frames
+                _check_wav_not_truncated(f, file, path)
+                info = AudioInfo(
+                    sample_rate=f.samplerate,
+                    num_samples=num_samples,
+                    num_channels=f.channels,
+                    duration_s=num_samples / f.samplerate,
+                    format=f"{f.format}/{f.subtype}".lower(),
+                )
+        except RuntimeError as sf_error:  # soundfile's LibsndfileError
+            info = _info_pyav(file, path, soundfile_error=sf_error)
+    else:
+        info = _info_pyav(file, path)
+    if info.num_samples <= 0:
+        raise AudioLoadError(path, "the file holds no audio samples")
+    return info
+
+
+def _is_finite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    try:
+        file = Path(path)
+    except TypeError:
+        raise AudioLoadError(str(path), f"not a path: {type(path).__name__}") from None
+    if not file.exists():
+        raise AudioLoadError(path, "no such file")
+    if not file.is_file():
+        raise AudioLoadError(path, "not a regular file (a directory?)")
+    if file.stat().st_size == 0:
+        raise AudioLoadError(path, "the file is empty (0 bytes)")
+    return file
+
+
+def _window_samples(
+    path: str | os.PathLike, sr: int, total: int | None, start_s: float, duration_s: float | None
+) -> tuple[int, int | None]:
+    """Start sample and sample count (None: to the end) of the crop window at rate ``sr``."""
+    start = round(start_s * sr)
+    if total is not None and start > 0 and start >= total:
+        raise AudioLoadError(
+            path, f"start_s={start_s} is at or past the end of the audio ({total / sr:.3f} s)"
+        )
+    count = None if duration_s is None else max(1, round(duration_s * sr))
+    return start, count
+
+
+def _read_soundfile(
+    file: Path, path: str | os.PathLike, start_s: float, duration_s: float | None
+) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(file) as f:
+        sr, total = f.samplerate, f.frames
+        if total <= 0:
+            raise AudioLoadError(path, "the file holds no audio samples")
+        _check_wav_not_truncated(f, file, path)
+        start, count = _window_samples(path, sr, total, start_s, duration_s)
+        if start:
+            f.seek(start)
+        wav = f.read(-1 if count is None else count, dtype="float32", always_2d=True)
+    return wav, sr
+
+
+def _check_wav_not_truncated(f: sf.SoundFile, file: Path, path: str | os.PathLike) -> None:
+    """libsndfile silently reads a WAV cut short; compare the data chunk's stated size with the
+    bytes that exist. Sizes 0 and 0xFFFFFFFF mean "unknown" (streamed WAVs) and are accepted."""
+    if f.format not in ("WAV", "WAVEX"):
+        return
+    with open(file, "rb") as raw:
+        header = raw.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        file_size = file.stat().st_size
+        while True:
+            chunk = raw.read(8)
+            if len(chunk) < 8:
+                return
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"data":
+                available = file_size - raw.tell()
+                if size not in (0, 0xFFFFFFFF, 0x7FFFFFFF) and available < size:
+                    raise AudioLoadError(
+                        path,
+                        f"truncated: the data chunk states {size} bytes but only "
+                        f"{available} are present",
+                    )
+                return
+            raw.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _open_pyav(file: Path, path: str | os.PathLike, soundfile_error: Exception | None):
+    import av
+
+    try:
+        container = av.open(str(file), mode="r")
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
+    if not container.streams.audio:
+        container.close()
+        reason = "no audio stream in the file"
+        if soundfile_error is not None:
+            reason += f" (soundfile: {soundfile_error})"
+        raise AudioLoadError(path, reason)
+    return container
+
+
+def _decode_failure(error: Exception, soundfile_error: Exception | None) -> str:
+    reason = f"not a readable audio file (ffmpeg: {error})"
+    if soundfile_error is not None:
+        reason += f" (soundfile: {soundfile_error})"
+    return reason
+
+
+def _read_pyav(
+    file: Path,
+    path: str | os.PathLike,
+    start_s: float,
+    duration_s: float | None,
+    soundfile_error: Exception | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream to float32 ``(N, C)``; decode then slice the window."""
+    import av
+
+    with _open_pyav(file, path, soundfile_error) as container:
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate
+        if not sr:
+            raise AudioLoadError(path, "the audio stream states no sample rate")
+        start, count = _window_samples(path, sr, None, start_s, duration_s)
+        end = None if count is None else start + count
+        # Planar float keeps each channel apart so the mix-down is a plain average.
+        resampler = av.AudioResampler(format="fltp")
+        chunks: list[np.ndarray] = []
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1, out.samples))
+                    decoded += out.samples
+                if end is not None and decoded >= end:
+                    break  # the window is complete: no need to decode the rest
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1, out.samples))
+        except (av.FFmpegError, EOFError) as error:
+            raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
+    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+        raise AudioLoadError(path, "the file holds no audio samples")
+    channels = {c.shape[0] for c in chunks}
+    if len(channels) != 1:
+        raise AudioLoadError(path, f"the channel count changes within the stream: {channels}")
+    wav = np.concatenate(chunks, axis=1).T  # (C, N) -> (N, C)
+    if start >= wav.shape[0]:
+        raise AudioLoadError(
+            path,
+            f"start_s={start_s} is at or past the end of the audio ({wav.shape[0] / sr:.3f} s)",
+        )
+    return np.ascontiguousarray(wav[start:end], dtype=np.float32), sr
+
+
+def _info_pyav(
+    file: Path, path: str | os.PathLike, soundfile_error: Exception | None = None
+) -> AudioInfo:
+    with _open_pyav(file, path, soundfile_error) as container:
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+        codec = stream.codec_context.name
+        container_name = container.format.name.split(",")[0]
+        if stream.duration is not None and stream.time_base is not None:
+            num_samples = round(stream.duration * stream.time_base * sr)
+        elif container.duration is not None:
+            num_samples = round(container.duration * sr / 1_000_000)  # AV_TIME_BASE is 1 µs
+        else:
+            num_samples = None
+    if not sr:
+        raise AudioLoadError(path, "the audio stream states no sample rate")
+    if num_samples is None:
+        num_samples = _read_pyav(file, path, 0.0, None, soundfile_error)[0].shape[0]
+    return AudioInfo(
+        sample_rate=sr,
+        num_samples=num_samples,
+        num_channels=channels,
+        duration_s=num_samples / sr,
+        format=f"{container_name}/{codec}".lower(),
+    )

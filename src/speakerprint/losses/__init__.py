@@ -1,0 +1,26 @@
+"""Training losses. The encoder, the classifier head and the margin are separate objects::
+
+emb = encoder(feats, lengths)               # (B, D)
+out = loss_fn(emb, labels)                  # head -> margin -> cross-entropy
+out.loss.backward()
+"""
+
+from speakerprint.losses.classification import (
+    LOSS_NAMES,
+    ClassificationLoss,
+    LossOutput,
+    build_loss,
+)
+from speakerprint.losses.heads import CosineClassifier, LinearClassifier
+from speakerprint.losses.margins import AdditiveAngularMargin, AdditiveMargin
+
+__all__ = [
+    "LOSS_NAMES",
+    "AdditiveAngularMargin",
+    "AdditiveMargin",
+    "ClassificationLoss",
+    "CosineClassifier",
+    "LinearClassifier",
+    "LossOutput",
+    "build_loss",
+]

@@ -1,0 +1,196 @@
+"""Model bundles: a folder that describes itself and rebuilds the model with its features.
+
+``config.json`` names the architecture and every constructor argument, the feature settings, the
+sample rate, the embedding size, a decision threshold with the data it was measured on, and the
+versions. ``model.safetensors`` holds the encoder weights. Loading is strict: a missing or extra
+tensor is an error, never a silently half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from speakerprint.errors import BundleError
+from speakerprint.features import Fbank, FbankConfig
+from speakerprint.models.base import EncoderModule
+from speakerprint.models.registry import create_model
+
+BUNDLE_FORMAT = "speakerprint-bundle"
+BUNDLE_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Threshold:
+    """A cosine-score decision threshold and where it was measured."""
+
+    value: float
+    method: str  # e.g. "eer"
+    measured_on: str  # the data, in words: "dev split of ... (N trials)"
+
+
+@dataclass
+class Bundle:
+    encoder: EncoderModule
+    fbank: Fbank
+    threshold: Threshold | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # training data, steps, metrics: free text
+
+    @property
+    def sample_rate(self) -> int:
+        return self.fbank.config.sample_rate
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform the encoder accepts; shorter input is repeated up to it."""
+        cfg = self.fbank.config
+        win = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
+        shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
+        return win + shift * (max(self.encoder.min_frames, 1) - 1)
+
+    @torch.no_grad()
+    def embed_batch(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of a zero-padded batch: wav (B, N) float32 in [-1, 1], lengths (B,) samples.
+
+        Returns (B, embed_dim) float32, not normalised. Padding never changes an embedding: the
+        features and the encoder both mask what lies beyond each row's length. Rows shorter than
+        :attr:`min_samples` are repeated up to it (the documented short-input policy).
+        """
+        if wav.dim() != 2:
+            raise ValueError(f"wav must be (batch, samples), got shape {tuple(wav.shape)}")
+        device = next(self.encoder.parameters()).device
+        wav = wav.to(device, torch.float32)
+        if lengths is None:
+            lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.int64)
+        lengths = lengths.to(device, torch.int64)
+        if bool((lengths <= 0).any()):
+            raise ValueError("every waveform needs at least one sample")
+        short = (lengths < self.min_samples).nonzero().flatten().tolist()
+        if short:
+            width = max(wav.shape[1], self.min_samples)
+            wav = torch.nn.functional.pad(wav, (0, width - wav.shape[1]))
+            lengths = lengths.clone()
+            for row in short:
+                n = int(lengths[row])
+                reps = -(-self.min_samples // n)
+                wav[row, : self.min_samples] = wav[row, :n].repeat(reps)[: self.min_samples]
+                lengths[row] = self.min_samples
+        feats, frame_lengths = self.fbank(wav, lengths)
+        return self.encoder(feats, frame_lengths).float()
+
+
+def save_bundle(
+    path: str | os.PathLike,
+    encoder: EncoderModule,
+    fbank_config: FbankConfig,
+    *,
+    threshold: Threshold | None = None,
+    info: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a bundle folder atomically (built beside ``path``, then renamed into place)."""
+    from speakerprint import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "speakerprint_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "model": {"family": encoder.family, "args": encoder.hparams},
+        "features": fbank_config.to_dict(),
+        "sample_rate": fbank_config.sample_rate,
+        "embed_dim": encoder.embed_dim,
+        "weights_dtype": str(dtype).removeprefix("torch."),
+        "threshold": None if threshold is None else vars(threshold),
+        "info": info or {},
+    }
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in encoder.state_dict().items()
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_bundle_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"model bundle {path} does not exist or is not a folder")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"model bundle {path}: {CONFIG_FILE} is missing") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"model bundle {path}: {CONFIG_FILE} is not valid JSON: {e}") from None
+    if config.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"model bundle {path}: not a {BUNDLE_FORMAT} (format={config.get('format')!r})"
+        )
+    if config.get("format_version", 0) > BUNDLE_VERSION:
+        raise BundleError(
+            f"model bundle {path}: format version {config['format_version']} is newer than this "
+            f"speakerprint understands ({BUNDLE_VERSION}); upgrade speakerprint"
+        )
+    return config
+
+
+def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Bundle:
+    """Rebuild encoder and features from a bundle; weights are loaded strictly, in float32."""
+    path = Path(path)
+    config = read_bundle_config(path)
+    try:
+        encoder = create_model(config["model"]["family"], **config["model"]["args"])
+        fbank = Fbank(FbankConfig.from_dict(config["features"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"model bundle {path}: cannot rebuild the model: {e}") from None
+    try:
+        state = load_file(str(path / WEIGHTS_FILE))
+    except FileNotFoundError:
+        raise BundleError(f"model bundle {path}: {WEIGHTS_FILE} is missing") from None
+    except Exception as e:
+        raise BundleError(f"model bundle {path}: corrupt {WEIGHTS_FILE}: {e}") from None
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise BundleError(
+            f"model bundle {path}: weights do not match the architecture "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise BundleError(
+                f"model bundle {path}: tensor {k} has shape {tuple(v.shape)}, "
+                f"the architecture needs {tuple(expected[k].shape)}"
+            )
+    encoder.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True
+    )
+    threshold = Threshold(**config["threshold"]) if config.get("threshold") else None
+    return Bundle(
+        encoder=encoder.eval().to(device),
+        fbank=fbank.eval().to(device),
+        threshold=threshold,
+        info=config.get("info", {}),
+    )

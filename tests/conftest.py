@@ -1,0 +1,66 @@
+"""Shared fixtures: paths to the real speech in ../shared/data and the demo data in the repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO_DATA = REPO / "data" / "demo" / "speechocean762"
+
+
+@pytest.fixture(scope="session")
+def demo_root() -> Path:
+    assert DEMO_DATA.is_dir(), f"demo data missing at {DEMO_DATA}"
+    return DEMO_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_prepared(tmp_path_factory, demo_root):
+    """The demo data prepared once: 22 training speakers, 10 dev speakers with a trial list."""
+    from speakerprint.data.prepare import prepare_folder
+
+    out = tmp_path_factory.mktemp("demo_prepared")
+    prepare_folder(demo_root, out, dev_speakers=10, seed=0)
+    return out
+
+
+def tiny_config(data_dir, **overrides):
+    """A config small enough for a few CPU steps in a test."""
+    from speakerprint.train.config import load_config
+
+    sets = [
+        f"data.train_manifest={data_dir / 'train.jsonl'}",
+        f"data.dev_manifest={data_dir / 'dev.jsonl'}",
+        f"data.dev_trials={data_dir / 'dev_trials.txt'}",
+        "data.batch_size=8",
+        "data.crop_s=1.0",
+        "data.num_workers=0",
+        "model.name=ecapa_tdnn",
+        "model.args={channels: 32, mfa_channels: 96, embed_dim: 32, se_channels: 16, attention_channels: 16}",
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_at_start=false",
+        "train.log_every=1",
+    ]
+    sets += [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, sets)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, demo_prepared):
+    """A bundle trained for a few steps: enough to exercise everything that reads bundles."""
+    from speakerprint.train.loop import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    result = train(tiny_config(demo_prepared), run, progress=False)
+    return result.bundle_path

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from speakerprint.data.dataset import (
+    CropDataset,
+    EpochBatchSampler,
+    UtteranceDataset,
+    collate_crops,
+    collate_padded,
+    fit_to_length,
+    length_sorted_batches,
+)
+from speakerprint.data.manifest import Utterance
+
+
+def test_fit_to_length_repeats_short_and_cuts_long():
+    wav = np.arange(3, dtype=np.float32)
+    assert fit_to_length(wav, 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert fit_to_length(np.arange(10, dtype=np.float32), 4).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        fit_to_length(np.zeros(0, dtype=np.float32), 4)
+
+
+def _utts(tmp_path, durations):
+    rng = np.random.default_rng(0)
+    utts = []
+    for i, d in enumerate(durations):
+        path = tmp_path / f"u{i}.wav"
+        sf.write(path, rng.uniform(-0.5, 0.5, int(d * 16000)).astype(np.float32), 16000, subtype="FLOAT")
+        utts.append(Utterance(f"s{i % 3}/u{i}.wav", str(path), f"s{i % 3}", d, 16000))
+    return utts
+
+
+def test_sampler_is_a_deterministic_permutation_and_resumes_mid_epoch():
+    full = list(EpochBatchSampler(10, 3, seed=1, epoch=2))
+    assert len(full) == 3  # the incomplete last batch is dropped
+    indices = [i for batch in full for i, _ in batch]
+    assert len(set(indices)) == 9
+    assert full == list(EpochBatchSampler(10, 3, seed=1, epoch=2))
+    assert full != list(EpochBatchSampler(10, 3, seed=1, epoch=3))
+    assert list(EpochBatchSampler(10, 3, seed=1, epoch=2, start_batch=2)) == full[2:]
+
+
+def test_crops_do_not_depend_on_the_number_of_workers(tmp_path):
+    utts = _utts(tmp_path, [3.0, 0.7, 2.5, 4.0, 1.0, 2.0])
+    ds = CropDataset(utts, speaker_to_label={"s0": 0, "s1": 1, "s2": 2}, crop_s=1.5)
+
+    def run(workers):
+        sampler = EpochBatchSampler(len(ds), 2, seed=0, epoch=0)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers)
+        return list(loader)
+
+    one, two = run(0), run(2)
+    assert len(one) == 3
+    for (w1, l1), (w2, l2) in zip(one, two):
+        assert w1.shape == (2, 24000)
+        assert torch.equal(w1, w2) and torch.equal(l1, l2)
+
+
+def test_crop_is_a_window_of_the_file(tmp_path):
+    utts = _utts(tmp_path, [3.0])
+    full, _ = sf.read(utts[0].path, dtype="float32")
+    ds = CropDataset(utts, speaker_to_label={"s0": 0}, crop_s=1.0)
+    wav, label = ds[(0, 123)]
+    assert label == 0 and wav.shape == (16000,)
+    starts = [i for i in range(len(full) - 16000) if np.array_equal(full[i : i + 16000], wav)]
+    assert len(starts) == 1
+
+
+def test_padded_collate_and_length_sorted_batches(tmp_path):
+    utts = _utts(tmp_path, [1.0, 3.0, 2.0])
+    ds = UtteranceDataset(utts)
+    batches = length_sorted_batches([u.duration_s for u in utts], 2)
+    assert batches == [[1, 2], [0]]
+    wav, lengths, idx = collate_padded([ds[i] for i in batches[0]])
+    assert wav.shape == (2, 48000) and lengths.tolist() == [48000, 32000] and idx == [1, 2]
+    assert torch.all(wav[1, 32000:] == 0)
