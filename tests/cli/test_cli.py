@@ -19,7 +19,9 @@ def _dev_pair(prepared):
 
 
 def test_prepare_folder(tmp_path, demo_root):
-    result = runner.invoke(app, ["prepare", "folder", str(demo_root), "--out", str(tmp_path), "--dev-speakers", "5"])
+    result = runner.invoke(
+        app, ["prepare", "folder", str(demo_root), "--out", str(tmp_path), "--dev-speakers", "5"]
+    )
     assert result.exit_code == 0, result.output
     train = (tmp_path / "train.jsonl").read_text().splitlines()
     dev = (tmp_path / "dev.jsonl").read_text().splitlines()
@@ -36,15 +38,26 @@ def test_train_eval_embed_verify(tmp_path, demo_prepared):
         "train: {max_steps: 2, checkpoint_every: 100}\n"
     )
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(cfg), "--out", str(run), "--set", "train.seed=3", "--no-progress"])
+    result = runner.invoke(
+        app, ["train", str(cfg), "--out", str(run), "--set", "train.seed=3", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert (run / "bundle" / "config.json").is_file()
     assert "seed: 3" in (run / "config.yaml").read_text()
 
     result = runner.invoke(
         app,
-        ["eval", str(run / "bundle"), "--manifest", str(demo_prepared / "dev.jsonl"),
-         "--trials", str(demo_prepared / "dev_trials.txt"), "--json", "--out", str(tmp_path / "e.json")],
+        [
+            "eval",
+            str(run / "bundle"),
+            "--manifest",
+            str(demo_prepared / "dev.jsonl"),
+            "--trials",
+            str(demo_prepared / "dev_trials.txt"),
+            "--json",
+            "--out",
+            str(tmp_path / "e.json"),
+        ],
     )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
@@ -53,7 +66,9 @@ def test_train_eval_embed_verify(tmp_path, demo_prepared):
 
     a, same, diff = _dev_pair(demo_prepared)
     out = tmp_path / "emb.npz"
-    result = runner.invoke(app, ["embed", "--model", str(run / "bundle"), a, diff, "--out", str(out)])
+    result = runner.invoke(
+        app, ["embed", "--model", str(run / "bundle"), a, diff, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     with np.load(out) as npz:
         assert sorted(npz.files) == sorted([a, diff])
@@ -62,7 +77,9 @@ def test_train_eval_embed_verify(tmp_path, demo_prepared):
     # The tiny bundle has no dev set, hence no measured threshold: verify needs one given.
     result = runner.invoke(app, ["verify", "--model", str(run / "bundle"), a, same, "--json"])
     assert result.exit_code == 2 and "threshold" in result.output
-    result = runner.invoke(app, ["verify", "--model", str(run / "bundle"), a, same, "--json", "--threshold", "0.5"])
+    result = runner.invoke(
+        app, ["verify", "--model", str(run / "bundle"), a, same, "--json", "--threshold", "0.5"]
+    )
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.stdout)
     assert verdict["threshold"] == 0.5 and verdict["same_speaker"] == (verdict["score"] >= 0.5)
@@ -81,7 +98,9 @@ def test_errors_are_one_line_with_the_file(tmp_path, tiny_bundle):
     assert result.exit_code == 2
     assert "nope.wav" in result.output and "Traceback" not in result.output
 
-    result = runner.invoke(app, ["eval", str(tmp_path / "no_bundle"), "--manifest", "m", "--trials", "t"])
+    result = runner.invoke(
+        app, ["eval", str(tmp_path / "no_bundle"), "--manifest", "m", "--trials", "t"]
+    )
     assert result.exit_code == 2 and "no_bundle" in result.output
 
     bad_cfg = tmp_path / "bad.yaml"

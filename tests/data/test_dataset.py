@@ -29,7 +29,9 @@ def _utts(tmp_path, durations):
     utts = []
     for i, d in enumerate(durations):
         path = tmp_path / f"u{i}.wav"
-        sf.write(path, rng.uniform(-0.5, 0.5, int(d * 16000)).astype(np.float32), 16000, subtype="FLOAT")
+        sf.write(
+            path, rng.uniform(-0.5, 0.5, int(d * 16000)).astype(np.float32), 16000, subtype="FLOAT"
+        )
         utts.append(Utterance(f"s{i % 3}/u{i}.wav", str(path), f"s{i % 3}", d, 16000))
     return utts
 
@@ -50,7 +52,9 @@ def test_crops_do_not_depend_on_the_number_of_workers(tmp_path):
 
     def run(workers):
         sampler = EpochBatchSampler(len(ds), 2, seed=0, epoch=0)
-        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers)
+        loader = DataLoader(
+            ds, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers
+        )
         return list(loader)
 
     one, two = run(0), run(2)
@@ -78,3 +82,15 @@ def test_padded_collate_and_length_sorted_batches(tmp_path):
     wav, lengths, idx = collate_padded([ds[i] for i in batches[0]])
     assert wav.shape == (2, 48000) and lengths.tolist() == [48000, 32000] and idx == [1, 2]
     assert torch.all(wav[1, 32000:] == 0)
+
+
+def test_a_bad_file_in_a_worker_raises_audio_load_error_naming_it(tmp_path):
+    from speakerprint.audio import AudioLoadError
+
+    utts = _utts(tmp_path, [2.0, 2.0])
+    (tmp_path / "u1.wav").write_text("not audio")
+    ds = CropDataset(utts, speaker_to_label={"s0": 0, "s1": 1}, crop_s=1.0)
+    sampler = EpochBatchSampler(len(ds), 2, seed=0, epoch=0)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_crops, num_workers=1)
+    with pytest.raises(AudioLoadError, match="u1.wav"):
+        list(loader)

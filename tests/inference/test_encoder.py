@@ -40,7 +40,9 @@ def test_bundle_round_trip_is_exact(tmp_path, wav_files):
 def test_fp16_bundle_is_close(tmp_path, wav_files):
     model = _small_model()
     full = SpeakerEncoder.from_pretrained(save_bundle(tmp_path / "f32", model, FbankConfig()))
-    half = SpeakerEncoder.from_pretrained(save_bundle(tmp_path / "f16", model, FbankConfig(), dtype=torch.float16))
+    half = SpeakerEncoder.from_pretrained(
+        save_bundle(tmp_path / "f16", model, FbankConfig(), dtype=torch.float16)
+    )
     a, b = full.embed(wav_files[0]), half.embed(wav_files[0])
     assert SpeakerEncoder.score(a, b) > 0.999
 
@@ -106,7 +108,9 @@ def test_short_input_is_repeated_up_to_the_minimum(tmp_path, wav_files):
 
 def test_verify_uses_the_measured_threshold(tmp_path, wav_files):
     enc = SpeakerEncoder.from_pretrained(
-        save_bundle(tmp_path / "b", _small_model(), FbankConfig(), threshold=Threshold(0.25, "eer", "dev"))
+        save_bundle(
+            tmp_path / "b", _small_model(), FbankConfig(), threshold=Threshold(0.25, "eer", "dev")
+        )
     )
     result = enc.verify(wav_files[0], wav_files[1])
     assert result.threshold == 0.25 and "dev" in result.threshold_source

@@ -12,8 +12,16 @@ from tests.conftest import tiny_config
 
 def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, demo_prepared):
     # Dither on, so the restored RNG state matters; 2 steps into the second epoch.
-    cfg = tiny_config(demo_prepared, **{"train.max_steps": 6, "train.checkpoint_every": 3,
-                                        "train.keep_checkpoints": 5, "data.batch_size": 64})
+    cfg = tiny_config(
+        demo_prepared,
+        **{
+            "train.max_steps": 6,
+            "train.checkpoint_every": 3,
+            "train.keep_checkpoints": 5,
+            "data.batch_size": 64,
+            "data.dev_manifest": "null",
+        },
+    )
     full = train(cfg, tmp_path / "full", progress=False)
     assert len(full.losses) == 6
 
@@ -28,7 +36,13 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, demo_prepared
     assert resumed.start_step == 3
     assert resumed.losses == full.losses[3:]  # exactly, not approximately
     assert (interrupted / "bundle" / "model.safetensors").is_file()
-    steps = [r["step"] for r in map(__import__("json").loads, (interrupted / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [
+        r["step"]
+        for r in map(
+            __import__("json").loads, (interrupted / "metrics.jsonl").read_text().splitlines()
+        )
+        if "loss" in r
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated records after resuming
 
 

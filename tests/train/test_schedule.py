@@ -5,7 +5,9 @@ from speakerprint.train.schedule import learning_rate, margin
 
 
 def lr(step, **kw):
-    return learning_rate(step, optim=OptimConfig(lr=1e-3), schedule=ScheduleConfig(**kw), max_steps=100)
+    return learning_rate(
+        step, optim=OptimConfig(lr=1e-3), schedule=ScheduleConfig(**kw), max_steps=100
+    )
 
 
 def test_warmup_rises_linearly_to_the_peak():

@@ -39,7 +39,13 @@ class AudioLoadError(SpeakerprintError, ValueError):
         reason: what went wrong, in words.
     """
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        if reason is None:
+            # A DataLoader worker re-raises errors in the main process as ``type(message)``,
+            # with the whole formatted message (which names the file) as the only argument.
+            self.path, self.reason = "", str(path)
+            super().__init__(str(path))
+            return
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"cannot load audio '{self.path}': {reason}")

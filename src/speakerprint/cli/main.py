@@ -23,7 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-prepare_app = typer.Typer(help="Write manifests (JSONL) and trial lists for a dataset.", no_args_is_help=True)
+prepare_app = typer.Typer(
+    help="Write manifests (JSONL) and trial lists for a dataset.", no_args_is_help=True
+)
 app.add_typer(prepare_app, name="prepare")
 
 
@@ -42,7 +44,9 @@ def _clean_errors(fn):
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -53,18 +57,30 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log mor
 @_clean_errors
 def prepare_folder_cmd(
     root: Annotated[Path, typer.Argument(help="ROOT/<speaker>/**/<audio file>")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for train.jsonl, dev.jsonl, dev_trials.txt")],
-    dev_speakers: Annotated[int, typer.Option(help="Speakers held out as a speaker-disjoint dev split")] = 0,
-    num_dev_trials: Annotated[int | None, typer.Option(help="Target trials in the dev list (as many non-target)")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for train.jsonl, dev.jsonl, dev_trials.txt")
+    ],
+    dev_speakers: Annotated[
+        int, typer.Option(help="Speakers held out as a speaker-disjoint dev split")
+    ] = 0,
+    num_dev_trials: Annotated[
+        int | None, typer.Option(help="Target trials in the dev list (as many non-target)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the dev split and the trial list")] = 0,
 ) -> None:
     """Prepare a folder of speakers: one sub-folder per speaker, audio files anywhere below it."""
     from speakerprint.data.prepare import prepare_folder
 
-    r = prepare_folder(root, out, dev_speakers=dev_speakers, seed=seed, num_dev_trials=num_dev_trials)
-    lines = [f"train: {r.num_train_utts} utterances of {r.num_train_speakers} speakers -> {r.train_manifest}"]
+    r = prepare_folder(
+        root, out, dev_speakers=dev_speakers, seed=seed, num_dev_trials=num_dev_trials
+    )
+    lines = [
+        f"train: {r.num_train_utts} utterances of {r.num_train_speakers} speakers -> {r.train_manifest}"
+    ]
     if r.dev_manifest is not None:
-        lines.append(f"dev:   {r.num_dev_utts} utterances of {r.num_dev_speakers} speakers -> {r.dev_manifest}")
+        lines.append(
+            f"dev:   {r.num_dev_utts} utterances of {r.num_dev_speakers} speakers -> {r.dev_manifest}"
+        )
         lines.append(f"dev trials: {r.num_dev_trials} (half target) -> {r.dev_trials}")
     if r.num_skipped:
         lines.append(f"skipped {r.num_skipped} unreadable files, listed in {r.skipped}")
@@ -76,8 +92,12 @@ def prepare_folder_cmd(
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config (see recipes/)")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, bundle")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=0.002")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=0.002")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in --out")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Train a speaker encoder; writes OUT/bundle at the end."""
@@ -102,7 +122,9 @@ def train(
 @_clean_errors
 def eval_cmd(
     bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
-    manifest: Annotated[Path, typer.Option(help="Manifest (JSONL) of the utterances the trials name")],
+    manifest: Annotated[
+        Path, typer.Option(help="Manifest (JSONL) of the utterances the trials name")
+    ],
     trials: Annotated[Path, typer.Option(help="Trial list: 'LABEL ENROL TEST' per line")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of text")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here")] = None,
@@ -119,10 +141,20 @@ def eval_cmd(
 
     b = load_bundle(bundle, device=device)
     result = evaluate(
-        b, read_manifest(manifest), read_trials(trials), trials_path=str(trials),
-        batch_size=batch_size, p_target=p_target, progress=sys.stderr.isatty(),
+        b,
+        read_manifest(manifest),
+        read_trials(trials),
+        trials_path=str(trials),
+        batch_size=batch_size,
+        p_target=p_target,
+        progress=sys.stderr.isatty(),
     )
-    record = {"bundle": str(bundle), "manifest": str(manifest), "trials": str(trials), **result.metrics.to_dict()}
+    record = {
+        "bundle": str(bundle),
+        "manifest": str(manifest),
+        "trials": str(trials),
+        **result.metrics.to_dict(),
+    }
     if out is not None:
         atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     if json_:
@@ -147,7 +179,9 @@ def _encoder(model: Path | None):
 def embed(
     files: Annotated[list[Path], typer.Argument(help="Audio files")],
     out: Annotated[Path, typer.Option(help="Output .npz; its keys are the paths as given")],
-    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the shipped model)")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model bundle (default: the shipped model)")
+    ] = None,
 ) -> None:
     """Embed audio files into an .npz archive."""
     import io
@@ -169,8 +203,12 @@ def embed(
 def verify(
     a: Annotated[Path, typer.Argument(help="First recording")],
     b: Annotated[Path, typer.Argument(help="Second recording")],
-    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the shipped model)")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the bundle's)")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model bundle (default: the shipped model)")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Decision threshold (default: the bundle's)")
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Decide whether two recordings share a speaker."""

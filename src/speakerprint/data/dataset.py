@@ -129,7 +129,9 @@ def length_sorted_batches(durations: Sequence[float], batch_size: int) -> list[l
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def collate_padded(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def collate_padded(
+    batch: list[tuple[np.ndarray, int]],
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Zero-pad waveforms to the longest: wav (B, N_max), lengths (B,) samples, dataset indices."""
     lengths = torch.tensor([len(w) for w, _ in batch], dtype=torch.int64)
     wavs = torch.zeros(len(batch), int(lengths.max()))

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -87,7 +86,10 @@ def evaluate(
     check_trials_against(trials, by_id.keys(), trials_path)
     needed = sorted({t.enrol for t in trials} | {t.test for t in trials})
     embeddings = embed_utterances(
-        bundle, [by_id[u] for u in needed], batch_size=batch_size, num_workers=num_workers,
+        bundle,
+        [by_id[u] for u in needed],
+        batch_size=batch_size,
+        num_workers=num_workers,
         progress=progress,
     )
     scores = cosine_scores(embeddings, trials)

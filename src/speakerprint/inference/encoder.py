@@ -130,6 +130,8 @@ class SpeakerEncoder:
             source = "given"
         score = self.score(self.embed(a, sample_rate), self.embed(b, sample_rate))
         return VerificationResult(
-            score=score, threshold=float(threshold), same_speaker=score >= threshold,
+            score=score,
+            threshold=float(threshold),
+            same_speaker=score >= threshold,
             threshold_source=source,
         )

@@ -190,7 +190,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Read a YAML config (safe loader: no code runs), apply overrides, validate."""
     data: dict = {}
     if path is not None:

@@ -89,7 +89,9 @@ class _MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> TrainResult:
     """Train an encoder as ``config`` says, writing checkpoints and a bundle into ``run_dir``.
 
     With ``resume=True`` the newest complete checkpoint in ``run_dir/checkpoints`` is loaded and
@@ -129,7 +131,10 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         dev_trials = read_trials(cfg.data.dev_trials)
     sample_rate = cfg.features.sample_rate
     dataset = CropDataset(
-        train_utts, speaker_to_label=speaker_to_label, crop_s=cfg.data.crop_s, sample_rate=sample_rate
+        train_utts,
+        speaker_to_label=speaker_to_label,
+        crop_s=cfg.data.crop_s,
+        sample_rate=sample_rate,
     )
     batches_per_epoch = EpochBatchSampler.batches_per_epoch(len(dataset), cfg.data.batch_size)
     if batches_per_epoch == 0:
@@ -148,8 +153,11 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         )
     model.to(device)
     loss_fn = build_loss(
-        cfg.loss.name, embed_dim=model.embed_dim, num_classes=len(speakers),
-        margin=cfg.loss.margin, scale=cfg.loss.scale,
+        cfg.loss.name,
+        embed_dim=model.embed_dim,
+        num_classes=len(speakers),
+        margin=cfg.loss.margin,
+        scale=cfg.loss.scale,
     ).to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
     o = cfg.optim
@@ -158,7 +166,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
     elif o.name == "adamw":
         optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True
+        )
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     start_step = 0
@@ -187,13 +197,19 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         if dev_utts is None:
             return None
         result = evaluate(
-            bundle_view, dev_utts, dev_trials, trials_path=str(cfg.data.dev_trials),
-            batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+            bundle_view,
+            dev_utts,
+            dev_trials,
+            trials_path=str(cfg.data.dev_trials),
+            batch_size=cfg.data.eval_batch_size,
+            num_workers=cfg.data.num_workers,
         )
         record = {"step": step, "event": "dev", **result.metrics.to_dict()}
         metrics_log.write(record)
         if progress:
-            tqdm.write(f"step {step}: dev EER {100 * result.metrics.eer:.2f}%  minDCF(p=0.01) {result.metrics.min_dcf:.3f}")
+            tqdm.write(
+                f"step {step}: dev EER {100 * result.metrics.eer:.2f}%  minDCF(p=0.01) {result.metrics.min_dcf:.3f}"
+            )
         return record
 
     def checkpoint(step: int) -> None:
@@ -215,10 +231,16 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
 
     log.info(
         "training %s (%.2fM parameters) on %d utterances of %d speakers, device %s, %s",
-        cfg.model.name, count_parameters(model) / 1e6, len(train_utts), len(speakers), device,
+        cfg.model.name,
+        count_parameters(model) / 1e6,
+        len(train_utts),
+        len(speakers),
+        device,
         "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
     )
-    result = TrainResult(run_dir=run_dir, bundle_path=run_dir / "bundle", start_step=start_step, end_step=start_step)
+    result = TrainResult(
+        run_dir=run_dir, bundle_path=run_dir / "bundle", start_step=start_step, end_step=start_step
+    )
     if start_step == 0 and cfg.train.eval_at_start:
         result.dev_initial = dev_eval(0)
 
@@ -226,11 +248,18 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         epoch, start_batch = divmod(step, batches_per_epoch)
         while True:
             sampler = EpochBatchSampler(
-                len(dataset), cfg.data.batch_size, seed=cfg.train.seed, epoch=epoch, start_batch=start_batch
+                len(dataset),
+                cfg.data.batch_size,
+                seed=cfg.train.seed,
+                epoch=epoch,
+                start_batch=start_batch,
             )
             loader = DataLoader(
-                dataset, batch_sampler=sampler, collate_fn=collate_crops,
-                num_workers=cfg.data.num_workers, worker_init_fn=_worker_init,
+                dataset,
+                batch_sampler=sampler,
+                collate_fn=collate_crops,
+                num_workers=cfg.data.num_workers,
+                worker_init_fn=_worker_init,
                 pin_memory=device.type == "cuda",
             )
             yield from loader
@@ -240,11 +269,16 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
     fbank.train()
     loss_fn.train()
     bar = tqdm(
-        total=cfg.train.max_steps, initial=start_step, desc="training", unit="step",
-        disable=not progress, dynamic_ncols=True,
+        total=cfg.train.max_steps,
+        initial=start_step,
+        desc="training",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
     )
     autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
         else contextlib.nullcontext()
     )
     step = start_step
@@ -253,7 +287,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         wav, labels = next(data_iter)
         wav = wav.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        lr = learning_rate(step, optim=cfg.optim, schedule=cfg.schedule, max_steps=cfg.train.max_steps)
+        lr = learning_rate(
+            step, optim=cfg.optim, schedule=cfg.schedule, max_steps=cfg.train.max_steps
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         m = margin(step, loss=cfg.loss)
@@ -288,8 +324,14 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", lr=f"{lr:.2e}")
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            metrics_log.write({"step": step, "loss": loss_value, "accuracy": accuracy, "lr": lr, "margin": m})
-        if cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
+            metrics_log.write(
+                {"step": step, "loss": loss_value, "accuracy": accuracy, "lr": lr, "margin": m}
+            )
+        if (
+            cfg.train.eval_every > 0
+            and step % cfg.train.eval_every == 0
+            and step < cfg.train.max_steps
+        ):
             dev_eval(step)
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
             checkpoint(step)
@@ -301,7 +343,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
     threshold = None
     if result.dev_final is not None:
         threshold = Threshold(
-            value=result.dev_final["eer_threshold"], method="eer",
+            value=result.dev_final["eer_threshold"],
+            method="eer",
             measured_on=f"{cfg.data.dev_trials} ({len(dev_trials)} trials, {len(dev_utts)} utterances)",
         )
     info = {
@@ -316,6 +359,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         "dev_initial": result.dev_initial,
     }
     dtype = torch.float16 if cfg.train.bundle_dtype == "float16" else torch.float32
-    save_bundle(result.bundle_path, model, fbank.config, threshold=threshold, info=info, dtype=dtype)
+    save_bundle(
+        result.bundle_path, model, fbank.config, threshold=threshold, info=info, dtype=dtype
+    )
     result.wall_s = time.perf_counter() - t0
     return result

@@ -10,7 +10,9 @@ import math
 from speakerprint.train.config import LossConfig, OptimConfig, ScheduleConfig
 
 
-def learning_rate(step: int, *, optim: OptimConfig, schedule: ScheduleConfig, max_steps: int) -> float:
+def learning_rate(
+    step: int, *, optim: OptimConfig, schedule: ScheduleConfig, max_steps: int
+) -> float:
     """Linear warm-up from ~0 to ``optim.lr`` over ``warmup_steps``, then the named schedule.
 
     - ``cosine``: from ``lr`` down to ``min_lr`` at ``max_steps``.
