@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from speakerprint.errors import BundleError
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
+from speakerprint.utils.io import make_temp_dir
 
 BUNDLE_FORMAT = "speakerprint-bundle"
 BUNDLE_VERSION = 1
@@ -120,7 +120,7 @@ def save_bundle(
         k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in encoder.state_dict().items()
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = make_temp_dir(path.parent, f".{path.name}.")
     try:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speakerprint.errors import BundleError
+from speakerprint.utils.io import make_temp_dir
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 TENSORS_FILE = "tensors.safetensors"
@@ -79,7 +79,7 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, state: dict[st
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=checkpoint_dir))
+    tmp = make_temp_dir(checkpoint_dir, f".step_{step:08d}.")
     try:
         tensors: dict[str, torch.Tensor] = {}
         tree = flatten_state(state, tensors)
