@@ -18,13 +18,17 @@ speakerprint eval "$RUN/bundle" --manifest "$RUN/data/dev.jsonl" --trials "$RUN/
   --out "$RUN/eval.json"
 
 echo "== 4. verify a same-speaker and a different-speaker pair (held-out speakers)"
+# The two longest recordings of the first held-out speaker, and the longest of another one:
+# longer recordings give steadier embeddings. The pairs are chosen by length, never by score.
 read -r SAME_A SAME_B DIFF_B < <(python - "$RUN/data/dev.jsonl" <<'PY'
 import json, sys
 utts = [json.loads(line) for line in open(sys.argv[1])]
-first = utts[0]
-same = next(u for u in utts[1:] if u["speaker"] == first["speaker"])
-diff = next(u for u in utts if u["speaker"] != first["speaker"])
-print(first["path"], same["path"], diff["path"])
+speakers = sorted({u["speaker"] for u in utts})
+def longest(speaker):
+    return sorted((u for u in utts if u["speaker"] == speaker), key=lambda u: -u["duration_s"])
+a, b = longest(speakers[0])[:2]
+other = longest(speakers[1])[0]
+print(a["path"], b["path"], other["path"])
 PY
 )
 echo "-- same speaker:"
