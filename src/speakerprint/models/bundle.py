@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from speakerprint.errors import BundleError
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
-from speakerprint.utils.io import make_temp_dir
+from speakerprint.utils.io import atomic_dir
 
 BUNDLE_FORMAT = "speakerprint-bundle"
 BUNDLE_VERSION = 1
@@ -120,16 +119,9 @@ def save_bundle(
         k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in encoder.state_dict().items()
     }
-    tmp = make_temp_dir(path.parent, f".{path.name}.")
-    try:
+    with atomic_dir(path) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speakerprint.errors import BundleError
-from speakerprint.utils.io import make_temp_dir
+from speakerprint.utils.io import atomic_dir
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 TENSORS_FILE = "tensors.safetensors"
@@ -79,22 +79,12 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, state: dict[st
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"step_{step:08d}"
-    tmp = make_temp_dir(checkpoint_dir, f".step_{step:08d}.")
-    try:
+    with atomic_dir(final) as tmp:  # re-saving a step (the final one, say) replaces it whole
         tensors: dict[str, torch.Tensor] = {}
         tree = flatten_state(state, tensors)
         save_file(tensors, str(tmp / TENSORS_FILE))
         meta = {"step": step, "sha256": _sha256(tmp / TENSORS_FILE), "state": tree}
-        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():  # re-saving the same step (e.g. the final one) replaces it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return final
 
 

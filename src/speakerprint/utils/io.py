@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,45 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(path, 0o777 & ~_umask())
     return path
+
+
+def _fsync_tree(folder: Path) -> None:
+    for item in folder.rglob("*"):
+        if item.is_file():
+            fd = os.open(item, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``path``; on success, put it at ``path``.
+
+    The files are flushed to disk before the rename, so after a crash ``path`` holds either the
+    old folder or the complete new one. An existing folder at ``path`` is moved aside first and
+    removed after, never left half-replaced.
+
+    >>> with atomic_dir("runs/x/bundle") as tmp:  # doctest: +SKIP
+    ...     (tmp / "config.json").write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(path.parent, f".{path.name}.")
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = None
+        if path.exists():
+            old = make_temp_dir(path.parent, f".{path.name}.old.")
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
