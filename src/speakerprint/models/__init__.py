@@ -6,20 +6,38 @@
 (192, 80)
 """
 
-from speakerprint.models import ecapa  # noqa: F401  (registers the ECAPA-TDNN factories)
+# Importing a family's module registers its factories.
+from speakerprint.models import (  # noqa: F401
+    deep_speaker,
+    ecapa,
+    lstm,
+    resnet,
+    tdnn,
+    titanet,
+)
 from speakerprint.models.base import EncoderModule
+from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
+from speakerprint.models.lstm import LstmDvector
 from speakerprint.models.registry import (
     count_parameters,
     create_model,
     list_models,
     register_model,
 )
+from speakerprint.models.resnet import ResNet
+from speakerprint.models.tdnn import XVectorTdnn
+from speakerprint.models.titanet import TitaNet
 from speakerprint.models.utils import lengths_to_mask
 
 __all__ = [
+    "DeepSpeakerResCnn",
     "EcapaTdnn",
     "EncoderModule",
+    "LstmDvector",
+    "ResNet",
+    "TitaNet",
+    "XVectorTdnn",
     "count_parameters",
     "create_model",
     "lengths_to_mask",

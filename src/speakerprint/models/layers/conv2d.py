@@ -1,0 +1,107 @@
+"""Masked 2-D convolution blocks over (freq, time) maps, for the ResNet-style encoders.
+
+Maps are (B, C, F, T) and masks (B, 1, 1, T) bool, True at valid time steps. Every convolution
+zeroes padded time steps of its input first. A block with time stride s keeps output step t iff
+``t < ceil(lengths / s)``, which is ``mask[..., ::s]``: with odd kernels and ``kernel // 2`` zero
+padding, a sequence of ``l`` steps alone gives exactly ``ceil(l / s)`` steps, and output step t reads
+input steps ``s t - k // 2 .. s t + k // 2``, padded ones being zero as at the end of a lone sequence.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from speakerprint.models.layers.norm import MaskedBatchNorm1d
+
+
+class MaskedBatchNorm2d(MaskedBatchNorm1d):
+    """BatchNorm over (B, C, F, T) whose batch statistics skip padded time steps.
+
+    The map is viewed as (B, C, F * T) and normalised by :class:`MaskedBatchNorm1d`, which has the
+    same parameters and buffers as ``nn.BatchNorm2d``: state dicts are interchangeable.
+
+    >>> import torch
+    >>> bn = MaskedBatchNorm2d(4)
+    >>> x, mask = torch.randn(2, 4, 10, 7), torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    >>> bn(x, mask).shape
+    torch.Size([2, 4, 10, 7])
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, C, F, T); mask: (B, 1, 1, T) bool or None (all valid) -> (B, C, F, T)."""
+        batch, channels, freq, frames = x.shape
+        flat_mask = None
+        if mask is not None:
+            flat_mask = mask.expand(batch, 1, freq, frames).reshape(batch, 1, freq * frames)
+        y = super().forward(x.reshape(batch, channels, freq * frames), flat_mask)
+        return y.reshape(batch, channels, freq, frames)
+
+
+class ConvBn2d(nn.Module):
+    """Conv2d (no bias, "same" zero padding, equal stride on both axes), then masked BatchNorm.
+
+    >>> import torch
+    >>> conv = ConvBn2d(1, 32, kernel_size=3, stride=2)
+    >>> x, mask = torch.randn(2, 1, 80, 9), torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    >>> y, out_mask = conv(x, mask)
+    >>> y.shape, out_mask.shape
+    (torch.Size([2, 32, 40, 5]), torch.Size([2, 1, 1, 5]))
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.stride = stride
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+        )
+        self.norm = MaskedBatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, C_out, F', T') and its mask (B, 1, 1, T').
+
+        The output is not zeroed at padded steps.
+        """
+        out_mask = mask[..., :: self.stride]
+        return self.norm(self.conv(x * mask), out_mask), out_mask
+
+
+class BasicBlock2d(nn.Module):
+    """ResNet basic block: two 3x3 ConvBn2d with ``activation`` between and after the residual sum.
+
+    The shortcut is a 1x1 ConvBn2d when the stride or the channel count changes, else the input
+    (He et al. 2016, option B). ``activation`` is ReLU for ResNet34, the clipped ReLU
+    ``min(max(x, 0), 20)`` for Deep Speaker. The output is zero at padded time steps.
+
+    >>> import torch
+    >>> block = BasicBlock2d(32, 64, stride=2, activation=nn.ReLU())
+    >>> x, mask = torch.randn(2, 32, 40, 9), torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    >>> block(x, mask)[0].shape
+    torch.Size([2, 64, 20, 5])
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int = 1, activation: nn.Module
+    ) -> None:
+        super().__init__()
+        self.conv1 = ConvBn2d(in_channels, out_channels, kernel_size=3, stride=stride)
+        self.conv2 = ConvBn2d(out_channels, out_channels, kernel_size=3)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ConvBn2d(in_channels, out_channels, kernel_size=1, stride=stride)
+        self.activation = activation
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, C_out, F', T') zero when padded, mask."""
+        y, out_mask = self.conv1(x, mask)
+        y, _ = self.conv2(self.activation(y), out_mask)
+        residual = x if self.shortcut is None else self.shortcut(x, mask)[0]
+        return self.activation(y + residual) * out_mask, out_mask
