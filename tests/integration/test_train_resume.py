@@ -20,6 +20,7 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, demo_prepared
             "train.keep_checkpoints": 5,
             "data.batch_size": 64,
             "data.dev_manifest": "null",
+            "data.dev_trials": "null",
         },
     )
     full = train(cfg, tmp_path / "full", progress=False)

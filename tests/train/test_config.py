@@ -62,3 +62,11 @@ def test_nullable_fields():
     cfg = load_config(None, ["data.dev_manifest=null"])
     assert cfg.data.dev_manifest is None
     assert ExperimentConfig().data.dev_manifest is None
+
+
+def test_dev_manifest_without_trials_is_an_error(tmp_path):
+    from speakerprint.train.loop import train
+
+    cfg = load_config(None, ["data.train_manifest=x.jsonl", "data.dev_manifest=dev.jsonl"])
+    with pytest.raises(ConfigError, match="go together"):
+        train(cfg, tmp_path / "run", progress=False)

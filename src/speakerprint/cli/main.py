@@ -226,10 +226,13 @@ def verify(
 @app.command()
 def models() -> None:
     """List the registered model architectures with their parameter counts."""
+    import torch
+
     from speakerprint.models import count_parameters, create_model, list_models
 
     for name in list_models():
-        n = count_parameters(create_model(name))
+        with torch.device("meta"):  # shapes only: no memory, no initialisation time
+            n = count_parameters(create_model(name))
         typer.echo(f"{name:32s} {n / 1e6:8.2f}M parameters (encoder only)")
 
 

@@ -73,6 +73,16 @@ def raise_problems(path: str | os.PathLike, problems: list[str], what: str) -> N
     raise ManifestError("\n".join(lines))
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The file's text, or a ManifestError saying the ``what`` (manifest, trial list) is unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"cannot read {what} {path}: {err}") from None
+
+
 def _check_record(record: object) -> list[str]:
     """Problems of one decoded line, in words; empty when the line is a valid utterance."""
     if not isinstance(record, dict):
@@ -126,12 +136,7 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             every bad line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(f"cannot read manifest {path}: {err}") from None
+    text = read_text_file(path, "manifest")
     # Not resolve(): keep symlinked data folders as the user named them.
     folder = Path(os.path.abspath(path)).parent
     utts: list[Utterance] = []

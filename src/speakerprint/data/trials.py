@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speakerprint.data.manifest import Utterance, raise_problems
-from speakerprint.errors import ManifestError
+from speakerprint.data.manifest import Utterance, raise_problems, read_text_file
 from speakerprint.utils.io import atomic_open
 
 __all__ = [
@@ -64,12 +63,7 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
             every line that does not have three fields or whose label is not 0 or 1.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"trial list not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(f"cannot read trial list {path}: {err}") from None
+    text = read_text_file(path, "trial list")
     trials: list[Trial] = []
     problems: list[str] = []
     labels = {"1": 1, "0": 0}

@@ -53,7 +53,7 @@ NORMALIZATION_METHODS = ("none", "znorm", "tnorm", "snorm", "asnorm")
 _CHUNK_ROWS = 4096
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
     # A zero row stays zero (its cohort scores are all 0 and then rejected for zero spread).
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
@@ -102,14 +102,14 @@ def cohort_from_embeddings(
     shapes = {np.shape(embeddings[u]) for u in utt_ids}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ValueError(f"cohort embeddings must all be 1-D of one size, got shapes {shapes}")
-    matrix = _unit_rows(_as_matrix(np.stack([embeddings[u] for u in utt_ids]), "embeddings"))
+    matrix = unit_rows(_as_matrix(np.stack([embeddings[u] for u in utt_ids]), "embeddings"))
     _, speaker_of = np.unique([speakers[u] for u in utt_ids], return_inverse=True)
     speaker_of = speaker_of.reshape(-1)
     # Sum rows per speaker by sorting them into runs: np.add.reduceat over each run's start.
     order = np.argsort(speaker_of, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(speaker_of[order]) != 0])
     sums = np.add.reduceat(matrix[order], starts, axis=0)
-    return _unit_rows(sums)
+    return unit_rows(sums)
 
 
 def cohort_from_manifest(
@@ -241,7 +241,7 @@ def normalize_scores_by_index(
     sides = {"znorm": [enrol], "tnorm": [test]}.get(method, [enrol, test])
     # Statistics only for the rows used; `position` maps a row of `emb` to its row in `needed`.
     needed = np.unique(np.concatenate(sides)).astype(np.int64)
-    means, stds = _cohort_statistics(_unit_rows(emb[needed]), _unit_rows(cohort_arr), top_k)
+    means, stds = _cohort_statistics(unit_rows(emb[needed]), unit_rows(cohort_arr), top_k)
     normalized = [(raw - means[p]) / stds[p] for p in (np.searchsorted(needed, s) for s in sides)]
     return normalized[0] if len(normalized) == 1 else (normalized[0] + normalized[1]) / 2.0
 

@@ -13,6 +13,7 @@ from speakerprint.data.dataset import UtteranceDataset, collate_padded, length_s
 from speakerprint.data.manifest import Utterance
 from speakerprint.data.trials import Trial, check_trials_against
 from speakerprint.eval.metrics import VerificationMetrics, compute_verification_metrics
+from speakerprint.eval.normalization import unit_rows
 from speakerprint.models.bundle import Bundle
 
 
@@ -56,8 +57,7 @@ def cosine_scores(embeddings: dict[str, np.ndarray], trials: Sequence[Trial]) ->
     """Cosine similarity of each trial's enrolment and test embeddings, (num_trials,)."""
     ids = sorted(embeddings)
     index = {u: i for i, u in enumerate(ids)}
-    matrix = np.stack([embeddings[u] for u in ids]).astype(np.float64)
-    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    matrix = unit_rows(np.stack([embeddings[u] for u in ids]).astype(np.float64))
     enrol = np.array([index[t.enrol] for t in trials])
     test = np.array([index[t.test] for t in trials])
     return np.einsum("nd,nd->n", matrix[enrol], matrix[test])

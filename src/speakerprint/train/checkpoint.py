@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from speakerprint.errors import BundleError
 from speakerprint.utils.io import atomic_dir
 
+log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
@@ -35,9 +37,8 @@ def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t")
     key/value lists so that JSON does not turn their keys into strings.
     """
     if isinstance(obj, torch.Tensor):
-        key = f"{prefix}"
-        tensors[key] = obj.detach().cpu().contiguous()
-        return {"__tensor__": key}
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {k: flatten_state(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
@@ -123,6 +124,7 @@ def load_latest_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[Path, dic
         try:
             return path, load_checkpoint(path)
         except BundleError as e:
+            log.warning("%s; falling back to the previous checkpoint", e)
             errors.append(str(e))
     if errors:
         raise BundleError("no usable checkpoint: " + "; ".join(errors))

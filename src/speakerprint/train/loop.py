@@ -101,6 +101,8 @@ def train(
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     cfg = config
+    if bool(cfg.data.dev_manifest) != bool(cfg.data.dev_trials):
+        raise ConfigError("data.dev_manifest and data.dev_trials go together: set both or neither")
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
 
