@@ -52,3 +52,15 @@ def test_a_run_folder_with_checkpoints_is_not_overwritten(tmp_path, demo_prepare
     train(cfg, tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="--resume"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_a_run_records_its_dev_score_means_and_its_hardware(tmp_path, demo_prepared):
+    import json
+
+    train(tiny_config(demo_prepared, **{"train.max_steps": 2}), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    (dev,) = [r for r in records if r.get("event") == "dev"]
+    assert -1 <= dev["mean_nontarget_score"] <= 1 and -1 <= dev["mean_target_score"] <= 1
+    (end,) = [r for r in records if r.get("event") == "end"]
+    assert end["steps_run"] == 2 and end["train_wall_s"] > 0
+    assert end["device"].startswith("cpu")

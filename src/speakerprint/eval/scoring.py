@@ -69,6 +69,14 @@ class EvalResult:
     scores: np.ndarray
     labels: np.ndarray
 
+    def score_means(self) -> dict[str, float]:
+        """Mean score of the target and of the non-target trials (Deep Speaker's SAP and SAN
+        when the scores are cosine similarities of unseen speakers)."""
+        return {
+            "mean_target_score": float(self.scores[self.labels == 1].mean()),
+            "mean_nontarget_score": float(self.scores[self.labels == 0].mean()),
+        }
+
 
 def evaluate(
     bundle: Bundle,

@@ -57,6 +57,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def describe_device(device: torch.device) -> str:
+    """The hardware in words, for the records that figures are quoted from."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. CPU trains in fp32 unless told otherwise."""
     if precision == "auto":
@@ -206,7 +213,12 @@ def train(
             batch_size=cfg.data.eval_batch_size,
             num_workers=cfg.data.num_workers,
         )
-        record = {"step": step, "event": "dev", **result.metrics.to_dict()}
+        record = {
+            "step": step,
+            "event": "dev",
+            **result.metrics.to_dict(),
+            **result.score_means(),
+        }
         metrics_log.write(record)
         if progress:
             tqdm.write(
@@ -285,6 +297,7 @@ def train(
     )
     step = start_step
     data_iter = batches(step)
+    t_loop = time.perf_counter()
     while step < cfg.train.max_steps:
         wav, labels = next(data_iter)
         wav = wav.to(device, non_blocking=True)
@@ -338,6 +351,16 @@ def train(
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
             checkpoint(step)
     bar.close()
+    train_wall_s = time.perf_counter() - t_loop
+    metrics_log.write(
+        {
+            "step": step,
+            "event": "end",
+            "steps_run": step - start_step,
+            "train_wall_s": round(train_wall_s, 2),
+            "device": describe_device(device),
+        }
+    )
     checkpoint(step)
     result.end_step = step
 
@@ -359,6 +382,7 @@ def train(
         "loss": asdict(cfg.loss),
         "dev": result.dev_final,
         "dev_initial": result.dev_initial,
+        "device": describe_device(device),
     }
     dtype = torch.float16 if cfg.train.bundle_dtype == "float16" else torch.float32
     save_bundle(

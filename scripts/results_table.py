@@ -1,0 +1,111 @@
+"""Summarise finished training runs as a Markdown table: one row per run folder.
+
+Every number is read from what the runs wrote (config.yaml, metrics.jsonl); nothing is typed in.
+
+    python scripts/results_table.py runs/zoo_so762 --out docs/results/zoo_speechocean762.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from speakerprint.models import count_parameters, create_model
+from speakerprint.train.config import load_config
+from speakerprint.utils.io import atomic_write_text
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def summarise(run_dir: Path) -> dict | None:
+    records_path = run_dir / "metrics.jsonl"
+    if not (run_dir / "config.yaml").exists() or not records_path.exists():
+        return None
+    cfg = load_config(run_dir / "config.yaml")
+    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r and "event" not in r]
+    dev = [r for r in records if r.get("event") == "dev"]
+    end = [r for r in records if r.get("event") == "end"]
+    if not dev or not end:
+        return None  # unfinished
+    with torch.device("meta"):
+        params = count_parameters(create_model(cfg.model.name, **cfg.model.args))
+    final = dev[-1]
+    return {
+        "run": run_dir.name,
+        "model": cfg.model.name,
+        "loss": cfg.loss.name,
+        "params_m": params / 1e6,
+        "steps": end[-1]["step"],
+        "batch": f"{cfg.data.batch_size} x {cfg.data.crop_s:g} s",
+        "train_acc": train[-1]["accuracy"] if train else float("nan"),
+        "eer": 100 * final["eer"],
+        "min_dcf": final["min_dcf"],
+        "sap": final.get("mean_target_score"),
+        "san": final.get("mean_nontarget_score"),
+        "trials": final["num_target"] + final["num_nontarget"],
+        "wall_min": sum(r["train_wall_s"] for r in end) / 60,
+        "device": end[-1]["device"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, help="folder of run folders")
+    parser.add_argument("--title", default="Training runs")
+    parser.add_argument("--command", default="", help="the command that made the runs")
+    parser.add_argument("--out", type=Path, help="write the Markdown here (default: stdout)")
+    args = parser.parse_args(argv)
+
+    rows = [row for d in sorted(args.runs.iterdir()) if d.is_dir() and (row := summarise(d))]
+    if not rows:
+        print(f"no finished runs under {args.runs}", file=sys.stderr)
+        return 1
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        f"# {args.title}",
+        "",
+        "| run | model | loss | params (M) | steps | batch | train acc | dev EER % | minDCF(0.01) "
+        "| mean cos same | mean cos diff | train min | device |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['model']} | {r['loss']} | {r['params_m']:.2f} | {r['steps']} "
+            f"| {r['batch']} | {r['train_acc']:.2f} | {r['eer']:.2f} | {r['min_dcf']:.3f} "
+            f"| {fmt(r['sap'])} | {fmt(r['san'])} | {r['wall_min']:.1f} | {r['device']} |"
+        )
+    lines += [
+        "",
+        f"Dev: {rows[0]['trials']} trials between utterances of speakers never seen in training. "
+        "params counts the encoder only (no classification head). train acc is the last logged "
+        "batch accuracy.",
+        "",
+        f"Machine: {cpu_name()}, {platform.system()} {platform.machine()}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}.",
+    ]
+    if args.command:
+        lines += ["", f"Re-run: `{args.command}`"]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
