@@ -87,7 +87,7 @@ def test_build_loss(name, head_type, margin_type):
 
 
 def test_build_loss_names_are_listed():
-    assert set(LOSS_NAMES) == {"aam", "am", "softmax"}
+    assert set(LOSS_NAMES) == {"aam", "am", "softmax", "triplet"}
     with pytest.raises(ConfigError) as info:
         build_loss("arcface", embed_dim=16, num_classes=7)
     for name in LOSS_NAMES:

@@ -39,3 +39,19 @@ def test_margin_warmup():
     assert margin(5, loss=cfg) == pytest.approx(0.1)
     assert margin(10, loss=cfg) == 0.2
     assert margin(3, loss=LossConfig(margin=0.3)) == 0.3
+
+
+def test_exponential_decays_by_a_constant_factor_to_min_lr():
+    values = [lr(s, name="exponential", min_lr=1e-5) for s in range(101)]
+    assert values[0] == pytest.approx(1e-3)
+    assert values[100] == pytest.approx(1e-5)
+    ratios = [b / a for a, b in zip(values, values[1:])]
+    assert ratios == pytest.approx([ratios[0]] * 100)
+    assert ratios[0] == pytest.approx(0.01 ** (1 / 100))
+
+
+def test_exponential_needs_a_positive_floor():
+    from speakerprint.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_lr"):
+        lr(50, name="exponential", min_lr=0.0)

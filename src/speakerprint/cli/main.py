@@ -100,22 +100,30 @@ def train(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
-    """Train a speaker encoder; writes OUT/bundle at the end."""
-    from speakerprint.train.config import load_config
-    from speakerprint.train.loop import train as run_training
+    """Train a speaker encoder; writes OUT/bundle at the end.
 
-    cfg = load_config(config, set_ or [])
-    result = run_training(cfg, out, resume=resume, progress=progress)
-    lines = [f"trained steps {result.start_step}..{result.end_step} in {result.wall_s:.0f} s"]
-    if result.dev_initial:
-        lines.append(f"dev EER before training: {100 * result.dev_initial['eer']:.2f}%")
-    if result.dev_final:
+    A recipe with phases (e.g. pre-training then large-margin fine-tuning) trains each phase into
+    OUT/<phase>, each starting from the one before.
+    """
+    from speakerprint.train.config import load_recipe
+    from speakerprint.train.loop import train_recipe
+
+    phases = load_recipe(config, set_ or [])
+    lines = []
+    for result in train_recipe(phases, out, resume=resume, progress=progress):
         lines.append(
-            f"dev EER after training:  {100 * result.dev_final['eer']:.2f}%  "
-            f"minDCF(p_target=0.01): {result.dev_final['min_dcf']:.3f}"
+            f"{result.run_dir}: trained steps {result.start_step}..{result.end_step} "
+            f"in {result.wall_s:.0f} s"
         )
-    lines.append(f"bundle: {result.bundle_path}")
-    typer.echo("\n".join(lines))
+        if result.dev_initial:
+            lines.append(f"  dev EER before training: {100 * result.dev_initial['eer']:.2f}%")
+        if result.dev_final:
+            lines.append(
+                f"  dev EER after training:  {100 * result.dev_final['eer']:.2f}%  "
+                f"minDCF(p_target=0.01): {result.dev_final['min_dcf']:.3f}"
+            )
+        lines.append(f"  bundle: {result.bundle_path}")
+    typer.echo("\n".join(lines) if lines else "every phase had finished already")
 
 
 @app.command("eval")

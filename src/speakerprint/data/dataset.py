@@ -7,7 +7,9 @@ batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 import numpy as np
 import torch
@@ -100,6 +102,126 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         for b in range(self.start_batch, len(self) + self.start_batch):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(int(i), int(crop_seeds[i])) for i in idx]
+
+
+class SpeakerBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of P speakers x K utterances, as ``(index, crop_seed)``, fixed by ``(seed, epoch)``.
+
+    For losses mined within the batch (triplet loss), which need several utterances of each of
+    several speakers. The contract is :class:`EpochBatchSampler`'s: ``start_batch`` skips batches
+    without loading them, the batches do not depend on the number of DataLoader workers, and an
+    epoch is ``len(labels) // (P * K)`` batches, the same amount of audio as with that sampler.
+
+    Speakers are drawn P at a time, all distinct, from a shuffled order of every speaker; when an
+    order runs out a new one is shuffled, and the batch that straddles the two takes the rest of
+    the old order and the first speakers of the new one that it does not hold yet (they stay in
+    the new order for later). Every speaker therefore appears in a number of batches that differs
+    from any other speaker's by at most one. Each speaker's utterances are shuffled once per epoch
+    and taken K at a time, cycling through that order, so a speaker with at least K utterances
+    never repeats one within a batch and one with fewer repeats some; every item has its own crop
+    seed, so repeats are different crops. Within a batch the K items of a speaker are adjacent,
+    speakers in drawing order: in-batch losses do not depend on the order.
+
+    ``labels[i]`` is the speaker label of utterance ``i`` (any ints, not necessarily contiguous).
+
+    >>> sampler = SpeakerBalancedBatchSampler([0, 0, 1, 1, 2, 2], 2, 2, seed=0, epoch=0)
+    >>> [len(batch) for batch in sampler]
+    [4]
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        speakers_per_batch: int,
+        utterances_per_speaker: int,
+        *,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+    ) -> None:
+        labels_array = np.asarray(labels, dtype=np.int64)
+        if labels_array.ndim != 1:
+            raise ValueError(f"labels must be a flat sequence, got shape {labels_array.shape}")
+        speaker_ids, inverse = np.unique(labels_array, return_inverse=True)
+        num_speakers = len(speaker_ids)
+        batch_size = speakers_per_batch * utterances_per_speaker
+        if speakers_per_batch < 2:
+            raise ValueError(
+                f"speakers_per_batch must be at least 2 (a batch needs negatives), "
+                f"got {speakers_per_batch}"
+            )
+        if utterances_per_speaker < 2:
+            raise ValueError(
+                f"utterances_per_speaker must be at least 2 (a batch needs positives), "
+                f"got {utterances_per_speaker}"
+            )
+        if speakers_per_batch > num_speakers:
+            raise ValueError(
+                f"speakers_per_batch={speakers_per_batch} but the training set has only "
+                f"{num_speakers} speakers"
+            )
+        if len(labels_array) < batch_size:
+            raise ValueError(
+                f"the training set has {len(labels_array)} utterances, fewer than one batch of "
+                f"{speakers_per_batch} speakers x {utterances_per_speaker} = {batch_size}"
+            )
+        num_batches = self.batches_per_epoch(len(labels_array), batch_size)
+        if not 0 <= start_batch <= num_batches:
+            raise ValueError(f"start_batch must be in [0, {num_batches}], got {start_batch}")
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse, minlength=num_speakers))[:-1]
+        # Utterance indices of each speaker, speakers in label order.
+        self._utts_by_speaker = np.split(order, bounds)
+        self.num_items = len(labels_array)
+        self.speakers_per_batch = speakers_per_batch
+        self.utterances_per_speaker = utterances_per_speaker
+        self.seed = seed
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    @staticmethod
+    def batches_per_epoch(num_items: int, batch_size: int) -> int:
+        return num_items // batch_size
+
+    def __len__(self) -> int:
+        batch_size = self.speakers_per_batch * self.utterances_per_speaker
+        return self.batches_per_epoch(self.num_items, batch_size) - self.start_batch
+
+    def _epoch_batches(self) -> Iterator[list[tuple[int, int]]]:
+        """Every batch of the epoch from the first: later batches depend on earlier draws."""
+        p, k = self.speakers_per_batch, self.utterances_per_speaker
+        num_speakers = len(self._utts_by_speaker)
+        num_batches = len(self) + self.start_batch
+        # Separate streams, so that one kind of draw never shifts another.
+        speaker_rng, utt_rng, crop_rng = (
+            np.random.default_rng([self.seed, self.epoch, stream]) for stream in range(3)
+        )
+        utt_orders = [utt_rng.permutation(utts) for utts in self._utts_by_speaker]
+        next_utt = [0] * num_speakers
+        crop_seeds = crop_rng.integers(0, 2**63 - 1, size=(num_batches, p * k))
+        queue: deque[int] = deque()
+        for b in range(num_batches):
+            chosen: list[int] = []
+            skipped: list[int] = []
+            while len(chosen) < p:
+                if not queue:
+                    queue.extend(speaker_rng.permutation(num_speakers).tolist())
+                speaker = queue.popleft()
+                if speaker in chosen:
+                    skipped.append(speaker)  # already in this batch: keep it for later
+                else:
+                    chosen.append(speaker)
+            queue.extendleft(reversed(skipped))
+            indices: list[int] = []
+            for speaker in chosen:
+                utts = utt_orders[speaker]
+                start = next_utt[speaker]
+                indices.extend(utts[(start + np.arange(k)) % len(utts)].tolist())
+                next_utt[speaker] = (start + k) % len(utts)
+            yield [(i, int(s)) for i, s in zip(indices, crop_seeds[b])]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return islice(self._epoch_batches(), self.start_batch, None)
 
 
 def collate_crops(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:

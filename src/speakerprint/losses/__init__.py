@@ -1,7 +1,7 @@
 """Training losses. The encoder, the classifier head and the margin are separate objects::
 
 emb = encoder(feats, lengths)               # (B, D)
-out = loss_fn(emb, labels)                  # head -> margin -> cross-entropy
+out = loss_fn(emb, labels)                  # head -> margin -> cross-entropy, or triplets
 out.loss.backward()
 """
 
@@ -13,14 +13,17 @@ from speakerprint.losses.classification import (
 )
 from speakerprint.losses.heads import CosineClassifier, LinearClassifier
 from speakerprint.losses.margins import AdditiveAngularMargin, AdditiveMargin
+from speakerprint.losses.triplet import MINING_NAMES, TripletLoss
 
 __all__ = [
     "LOSS_NAMES",
+    "MINING_NAMES",
     "AdditiveAngularMargin",
     "AdditiveMargin",
     "ClassificationLoss",
     "CosineClassifier",
     "LinearClassifier",
     "LossOutput",
+    "TripletLoss",
     "build_loss",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from torch import Tensor, nn
 from speakerprint.errors import ConfigError
 from speakerprint.losses.heads import CosineClassifier, LinearClassifier
 from speakerprint.losses.margins import AdditiveAngularMargin, AdditiveMargin
+
+if TYPE_CHECKING:
+    from speakerprint.losses.triplet import TripletLoss
 
 
 @dataclass
@@ -54,7 +58,7 @@ class ClassificationLoss(nn.Module):
         return LossOutput(loss=loss, logits=logits, accuracy=accuracy)
 
 
-LOSS_NAMES = ("aam", "am", "softmax")
+LOSS_NAMES = ("aam", "am", "softmax", "triplet")
 
 
 def build_loss(
@@ -64,12 +68,15 @@ def build_loss(
     num_classes: int,
     margin: float = 0.2,
     scale: float = 30.0,
-) -> ClassificationLoss:
-    """Build a named classification loss.
+    mining: str = "batch_hard",
+) -> ClassificationLoss | TripletLoss:
+    """Build a named training loss; each is called as ``loss_fn(emb, labels) -> LossOutput``.
 
     ``"aam"``: cosine head + additive angular margin (ArcFace); ``"am"``: cosine head + additive
     margin (CosFace); ``"softmax"``: linear head and plain cross-entropy, where ``margin`` and
-    ``scale`` do not apply and are ignored.
+    ``scale`` do not apply and are ignored; ``"triplet"``: :class:`TripletLoss` with ``margin``
+    (on cosine similarity) and ``mining``, no parameters and no head, so ``num_classes`` and
+    ``scale`` are unused. ``mining`` applies to ``"triplet"`` only.
 
     >>> loss_fn = build_loss("aam", embed_dim=192, num_classes=5994, margin=0.2, scale=32.0)
     """
@@ -84,4 +91,9 @@ def build_loss(
         return ClassificationLoss(head, AdditiveMargin(margin=margin, scale=scale))
     if name == "softmax":
         return ClassificationLoss(LinearClassifier(embed_dim, num_classes))
+    if name == "triplet":
+        # Imported here: triplet.py imports LossOutput from this module.
+        from speakerprint.losses.triplet import TripletLoss
+
+        return TripletLoss(margin=margin, mining=mining)
     raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(LOSS_NAMES)}")

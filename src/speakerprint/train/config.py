@@ -10,8 +10,10 @@ never silently ignored. The resolved config is saved beside the checkpoints of e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,20 +37,28 @@ class DataConfig:
     batch_size: int = 64
     num_workers: int = 2
     eval_batch_size: int = 16
+    # random: shuffled utterances; speaker_balanced: P = batch_size / K speakers x K utterances
+    # each per batch, as triplet mining needs.
+    sampler: Literal["random", "speaker_balanced"] = "random"
+    utterances_per_speaker: int = 2  # K, for the speaker_balanced sampler
 
 
 @dataclass
 class ModelConfig:
     name: str = "ecapa_tdnn_c512"  # a registered factory, see `speakerprint models`
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of that factory
+    # Start from another run's newest checkpoint (encoder weights, and the loss head when it has
+    # the same shapes) or from a bundle (encoder only). Optimiser and step start afresh.
+    init_from: str | None = None
 
 
 @dataclass
 class LossConfig:
-    name: Literal["aam", "am", "softmax"] = "aam"
-    margin: float = 0.2
+    name: Literal["aam", "am", "softmax", "triplet"] = "aam"
+    margin: float = 0.2  # aam: radians; am: cosine; triplet: cosine similarity
     scale: float = 30.0
     margin_warmup_steps: int = 0  # margin rises linearly from 0 over these steps
+    mining: Literal["batch_hard", "semi_hard"] = "batch_hard"  # triplet only
 
 
 @dataclass
@@ -62,7 +72,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["cosine", "cyclic", "constant"] = "cosine"
+    name: Literal["cosine", "cyclic", "constant", "exponential"] = "cosine"
     warmup_steps: int = 0
     min_lr: float = 1e-5
     cycle_steps: int = 1000  # cyclic: a full triangle (min -> lr -> min) takes this many steps
@@ -81,6 +91,7 @@ class TrainConfig:
     eval_at_start: bool = True
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     bundle_dtype: Literal["float32", "float16"] = "float32"
+    freeze_encoder: bool = False  # train only the loss head (encoder in eval mode, no gradients)
 
 
 @dataclass
@@ -190,29 +201,97 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping")
+    return data
+
+
 def load_config(
     path: str | os.PathLike | None, overrides: list[str] | None = None
 ) -> ExperimentConfig:
-    """Read a YAML config (safe loader: no code runs), apply overrides, validate."""
+    """Read a one-phase YAML config (safe loader: no code runs), apply overrides, validate."""
     data: dict = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path}: the top level must be a mapping")
+        data = _read_yaml(path)
+        if "phases" in data:
+            raise ConfigError(
+                f"config {path} is a recipe of several phases: load it with load_recipe "
+                "(`speakerprint train` runs every phase)"
+            )
     data = apply_overrides(data, overrides or [])
     try:
         return config_from_dict(data)
     except ConfigError as e:
         where = f"config {path}: " if path is not None else ""
         raise ConfigError(f"{where}{e}") from None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training run of a recipe. ``name`` is its sub-folder of the run folder ('' for a
+    recipe without phases, which trains into the run folder itself)."""
+
+    name: str
+    config: ExperimentConfig
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: mappings merge key by key, other values replace."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_PHASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> list[Phase]:
+    """Read a recipe: one config, or a base config with a ``phases:`` list run in order.
+
+    Each phase is a mapping with a ``name`` and any config sections, merged over the rest of the
+    file; ``overrides`` apply to every phase, after the merge. A later phase starts from the
+    previous phase's run unless it sets ``model.init_from`` itself (see :func:`run_recipe`).
+
+    >>> [p.name for p in load_recipe("recipes/speechocean762/deep_speaker_small.yaml")]  # doctest: +SKIP
+    ['softmax', 'triplet', 'softmax_frozen']
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    phases = data.pop("phases", None)
+    if phases is None:
+        return [Phase("", load_config(path, overrides))]
+    if not isinstance(phases, list) or not phases:
+        raise ConfigError(f"config {path}: phases must be a non-empty list of mappings")
+    result: list[Phase] = []
+    for i, item in enumerate(phases):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"config {path}: phase {i + 1} must be a mapping with a name")
+        item = dict(item)
+        name = item.pop("name")
+        if not _PHASE_NAME.match(name) or name in {p.name for p in result}:
+            raise ConfigError(
+                f"config {path}: phase name {name!r} must be unique and a plain folder name"
+            )
+        merged = apply_overrides(_merge(copy.deepcopy(data), item), list(overrides or []))
+        try:
+            result.append(Phase(name, config_from_dict(merged)))
+        except ConfigError as e:
+            raise ConfigError(f"config {path}, phase {name}: {e}") from None
+    return result
 
 
 def save_config(config: ExperimentConfig, path: str | os.PathLike) -> None:

@@ -9,6 +9,8 @@ needs to continue exactly: weights, optimiser moments, grad scaler, step and RNG
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -20,17 +22,27 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from speakerprint.data.dataset import CropDataset, EpochBatchSampler, collate_crops
+from speakerprint.data.dataset import (
+    CropDataset,
+    EpochBatchSampler,
+    SpeakerBalancedBatchSampler,
+    collate_crops,
+)
 from speakerprint.data.manifest import read_manifest
 from speakerprint.data.trials import read_trials
 from speakerprint.errors import ConfigError
 from speakerprint.eval.scoring import evaluate
 from speakerprint.features import Fbank
-from speakerprint.losses import build_loss
+from speakerprint.losses import ClassificationLoss, TripletLoss, build_loss
 from speakerprint.models import count_parameters, create_model
-from speakerprint.models.bundle import Bundle, Threshold, save_bundle
-from speakerprint.train.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint
-from speakerprint.train.config import ExperimentConfig, config_to_dict, save_config
+from speakerprint.models.bundle import Bundle, Threshold, load_bundle, save_bundle
+from speakerprint.train.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from speakerprint.train.config import ExperimentConfig, Phase, config_to_dict, save_config
 from speakerprint.train.schedule import learning_rate, margin
 
 log = logging.getLogger(__name__)
@@ -69,6 +81,59 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def speaker_digest(speakers: list[str]) -> str:
+    """A fingerprint of the label order: a classifier head is only reusable under the same one."""
+    return hashlib.sha256("\n".join(speakers).encode("utf-8")).hexdigest()
+
+
+def set_margin(loss_fn: torch.nn.Module, value: float) -> None:
+    """Apply the scheduled margin to whichever loss is training."""
+    if isinstance(loss_fn, ClassificationLoss):
+        if loss_fn.margin is not None:
+            loss_fn.margin.set_margin(value)
+    elif isinstance(loss_fn, TripletLoss):
+        loss_fn.margin = value
+
+
+def init_weights(
+    source: str | Path, model: torch.nn.Module, loss_fn: torch.nn.Module, speakers: list[str]
+) -> str:
+    """Load ``model.init_from`` into a fresh model: a run folder's newest checkpoint (encoder,
+    and the loss head when it was trained with the same loss shapes on the same speakers) or a
+    bundle (encoder only). Returns what was loaded, in words."""
+    path = Path(source)
+    loss_state = None
+    if (path / "checkpoints").is_dir() and list_checkpoints(path / "checkpoints"):
+        where, state = load_latest_checkpoint(path / "checkpoints")
+        model_state = state["model"]
+        if state.get("speaker_digest") == speaker_digest(speakers):
+            loss_state = state["loss"]
+    else:
+        bundle_dir = path / "bundle" if (path / "bundle" / "config.json").is_file() else path
+        if not (bundle_dir / "config.json").is_file():
+            raise ConfigError(
+                f"model.init_from={source}: not a run folder with checkpoints nor a model bundle"
+            )
+        where, model_state = bundle_dir, load_bundle(bundle_dir).encoder.state_dict()
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0]
+        raise ConfigError(
+            f"model.init_from={source}: its weights do not fit this model ({reason})"
+        ) from None
+    own = loss_fn.state_dict()
+    if (
+        loss_state is not None
+        and own
+        and own.keys() == loss_state.keys()
+        and all(own[k].shape == loss_state[k].shape for k in own)
+    ):
+        loss_fn.load_state_dict(loss_state, strict=True)
+        return f"encoder and loss head from {where}"
+    return f"encoder from {where} (loss head starts fresh)"
 
 
 def _worker_init(_: int) -> None:
@@ -139,6 +204,26 @@ def train(
         dev_utts = read_manifest(cfg.data.dev_manifest)
         dev_trials = read_trials(cfg.data.dev_trials)
     sample_rate = cfg.features.sample_rate
+    if cfg.loss.name == "triplet" and cfg.data.sampler != "speaker_balanced":
+        raise ConfigError(
+            "loss.name=triplet mines triplets inside each batch: set data.sampler=speaker_balanced"
+        )
+    per_speaker = cfg.data.utterances_per_speaker
+    if cfg.data.sampler == "speaker_balanced" and (
+        per_speaker < 2 or cfg.data.batch_size % per_speaker
+    ):
+        raise ConfigError(
+            f"data.sampler=speaker_balanced needs data.utterances_per_speaker >= 2 dividing "
+            f"data.batch_size, got {per_speaker} and {cfg.data.batch_size}"
+        )
+    if cfg.data.sampler == "speaker_balanced" and not (
+        2 <= cfg.data.batch_size // per_speaker <= len(speakers)
+    ):
+        raise ConfigError(
+            f"data.sampler=speaker_balanced takes data.batch_size / data.utterances_per_speaker = "
+            f"{cfg.data.batch_size // per_speaker} speakers per batch; it must be between 2 and "
+            f"the {len(speakers)} training speakers"
+        )
     dataset = CropDataset(
         train_utts,
         speaker_to_label=speaker_to_label,
@@ -167,8 +252,16 @@ def train(
         num_classes=len(speakers),
         margin=cfg.loss.margin,
         scale=cfg.loss.scale,
+        mining=cfg.loss.mining,
     ).to(device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
+    if cfg.train.freeze_encoder:
+        if not list(loss_fn.parameters()):
+            raise ConfigError(
+                f"train.freeze_encoder trains only the loss head, and loss.name={cfg.loss.name} "
+                "has none"
+            )
+        model.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad] + list(loss_fn.parameters())
     o = cfg.optim
     if o.name == "adam":
         optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
@@ -198,6 +291,9 @@ def train(
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", path, start_step)
+    elif cfg.model.init_from:
+        loaded = init_weights(cfg.model.init_from, model, loss_fn, speakers)
+        log.info("initialised: %s", loaded)
 
     metrics_log = _MetricsLog(run_dir / "metrics.jsonl", start_step if found is not None else None)
     bundle_view = Bundle(encoder=model, fbank=fbank)
@@ -234,6 +330,7 @@ def train(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "step": step,
             "num_speakers": len(speakers),
+            "speaker_digest": speaker_digest(speakers),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
@@ -261,13 +358,23 @@ def train(
     def batches(step: int):
         epoch, start_batch = divmod(step, batches_per_epoch)
         while True:
-            sampler = EpochBatchSampler(
-                len(dataset),
-                cfg.data.batch_size,
-                seed=cfg.train.seed,
-                epoch=epoch,
-                start_batch=start_batch,
-            )
+            if cfg.data.sampler == "speaker_balanced":
+                sampler = SpeakerBalancedBatchSampler(
+                    labels,
+                    cfg.data.batch_size // per_speaker,
+                    per_speaker,
+                    seed=cfg.train.seed,
+                    epoch=epoch,
+                    start_batch=start_batch,
+                )
+            else:
+                sampler = EpochBatchSampler(
+                    len(dataset),
+                    cfg.data.batch_size,
+                    seed=cfg.train.seed,
+                    epoch=epoch,
+                    start_batch=start_batch,
+                )
             loader = DataLoader(
                 dataset,
                 batch_sampler=sampler,
@@ -279,7 +386,8 @@ def train(
             yield from loader
             epoch, start_batch = epoch + 1, 0
 
-    model.train()
+    labels = [speaker_to_label[u.speaker] for u in train_utts]
+    model.train(not cfg.train.freeze_encoder)  # a frozen encoder keeps its BN statistics
     fbank.train()
     loss_fn.train()
     bar = tqdm(
@@ -308,8 +416,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         m = margin(step, loss=cfg.loss)
-        if loss_fn.margin is not None:
-            loss_fn.margin.set_margin(m)
+        set_margin(loss_fn, m)
 
         with torch.no_grad():
             feats, frame_lengths = fbank(wav)
@@ -380,6 +487,8 @@ def train(
         "steps": step,
         "model_name": cfg.model.name,
         "loss": asdict(cfg.loss),
+        "init_from": cfg.model.init_from,
+        "freeze_encoder": cfg.train.freeze_encoder,
         "dev": result.dev_final,
         "dev_initial": result.dev_initial,
         "device": describe_device(device),
@@ -390,3 +499,35 @@ def train(
     )
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def train_recipe(
+    phases: list[Phase], run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> list[TrainResult]:
+    """Train the phases of a recipe in order, each into ``run_dir/<phase name>``.
+
+    A phase after the first starts from the previous phase's run unless its config sets
+    ``model.init_from``. With ``resume=True`` finished phases (those with a bundle) are skipped
+    and the first unfinished one continues from its newest checkpoint. A recipe without phases
+    trains straight into ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    if len(phases) == 1 and phases[0].name == "":
+        return [train(phases[0].config, run_dir, resume=resume, progress=progress)]
+    results = []
+    previous: Path | None = None
+    for phase in phases:
+        phase_dir = run_dir / phase.name
+        cfg = phase.config
+        if previous is not None and not cfg.model.init_from:
+            cfg = dataclasses.replace(
+                cfg, model=dataclasses.replace(cfg.model, init_from=str(previous))
+            )
+        if resume and (phase_dir / "bundle" / "config.json").is_file():
+            log.info("phase %s: finished already (%s), skipped", phase.name, phase_dir)
+        else:
+            if progress:
+                tqdm.write(f"== phase {phase.name}")
+            results.append(train(cfg, phase_dir, resume=resume, progress=progress))
+        previous = phase_dir
+    return results

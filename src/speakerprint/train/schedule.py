@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from speakerprint.errors import ConfigError
 from speakerprint.train.config import LossConfig, OptimConfig, ScheduleConfig
 
 
@@ -19,6 +20,8 @@ def learning_rate(
     - ``cyclic``: triangles between ``min_lr`` and ``lr`` of ``cycle_steps`` each (the cyclical
       schedule of the ECAPA-TDNN paper), starting at ``min_lr``.
     - ``constant``: ``lr``.
+    - ``exponential``: geometric decay from ``lr`` to ``min_lr`` at ``max_steps`` (WeSpeaker's
+      ExponentialDecrease).
     """
     base, low = optim.lr, schedule.min_lr
     if schedule.warmup_steps > 0 and step < schedule.warmup_steps:
@@ -30,6 +33,15 @@ def learning_rate(
         span = max(max_steps - schedule.warmup_steps, 1)
         progress = min(t / span, 1.0)
         return low + 0.5 * (base - low) * (1.0 + math.cos(math.pi * progress))
+    if schedule.name == "exponential":
+        if not 0 < low <= base:
+            raise ConfigError(
+                f"schedule.name=exponential needs 0 < schedule.min_lr <= optim.lr, got "
+                f"min_lr={low} and lr={base}"
+            )
+        span = max(max_steps - schedule.warmup_steps, 1)
+        progress = min(t / span, 1.0)
+        return base * (low / base) ** progress
     if schedule.name == "cyclic":
         half = max(schedule.cycle_steps // 2, 1)
         phase = (t % (2 * half)) / half  # 0..2
