@@ -10,6 +10,7 @@ Registry-driven at two levels, to stay fast on CPU:
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -209,6 +210,38 @@ def test_wrong_input_shapes_are_rejected(family):
         model(torch.randn(2, FRAMES, model.feat_dim + 1))
     with pytest.raises(ValueError, match="lengths"):
         model(_feats(model), torch.tensor([FRAMES]))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torchscript_matches_eager_for_any_shape(family):
+    """``torch.jit.script`` compiles the model to one graph for every batch size and frame count
+    (tracing would bake in the example's), equal to eager before and after a save/load round trip."""
+    model = _build(family).eval()
+    generator = torch.Generator().manual_seed(3)
+    batches = []  # different B and T, padded rows whose padding is noise, not zeros
+    for frames, lengths in [(FRAMES, [FRAMES, FRAMES - 5, 7]), (FRAMES + 13, [12, FRAMES + 13])]:
+        feats = torch.randn(len(lengths), frames, model.feat_dim, generator=generator)
+        batches.append((feats, torch.tensor(lengths)))
+    # Off: the profiling executor's optimisation passes, which take seconds on CPU on the first two
+    # calls; under test is that the code compiles to a shape-generic graph, which the interpreter
+    # runs as it is. test_export.py runs a model under the default executor.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        scripted = torch.jit.script(model)
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+        buffer.seek(0)
+        loaded = torch.jit.load(buffer)
+        for compiled in (scripted, loaded):
+            for feats, lengths in batches:
+                expected = model(feats, lengths)
+                torch.testing.assert_close(compiled(feats, lengths), expected, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(compiled(feats), model(feats), atol=1e-6, rtol=1e-5)
+        # The input checks survive compilation, as torch.jit.Error with the eager message.
+        with pytest.raises(torch.jit.Error, match="features per frame"):
+            scripted(torch.randn(2, FRAMES, model.feat_dim + 1))
+        with pytest.raises(torch.jit.Error, match="lengths must be"):
+            loaded(feats, torch.tensor([FRAMES]))
 
 
 # Exact counts without any classifier. WeSpeaker reports ECAPA_TDNN_GLOB_c512 as 6.19M and

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from speakerprint.models import lengths_to_mask
-from speakerprint.models.layers import AttentiveStatisticsPooling, MaskedBatchNorm1d
+from speakerprint.models.layers import (
+    AttentiveStatisticsPooling,
+    MaskedBatchNorm1d,
+    MaskedBatchNorm2d,
+)
 from speakerprint.models.utils import masked_mean_std
 
 
@@ -59,6 +63,48 @@ def test_masked_batch_norm_equals_batch_norm_over_valid_frames(momentum):
     masked.eval()
     reference.eval()
     torch.testing.assert_close(masked(x, mask), reference(x))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track_running_stats", [True, False])
+def test_masked_batch_norm_without_mask_is_batch_norm(momentum, track_running_stats):
+    """With no mask the layer is nn.BatchNorm1d (which it re-implements for TorchScript)."""
+    torch.manual_seed(0)
+    kwargs = {"momentum": momentum, "track_running_stats": track_running_stats}
+    masked, reference = MaskedBatchNorm1d(4, **kwargs), torch.nn.BatchNorm1d(4, **kwargs)
+    with torch.no_grad():
+        masked.weight.uniform_(0.5, 1.5)
+        masked.bias.uniform_(-1, 1)
+    reference.load_state_dict(masked.state_dict())
+    x = torch.randn(3, 4, 5)
+    for training in (True, True, False):
+        masked.train(training)
+        reference.train(training)
+        assert torch.equal(masked(x), reference(x))
+        assert torch.equal(masked(x[0].T), reference(x[0].T))  # (N, C) input too
+    for name, value in reference.state_dict().items():
+        assert torch.equal(masked.state_dict()[name], value), name
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track_running_stats", [True, False])
+def test_masked_batch_norm_scripts(affine, track_running_stats):
+    """Scripted, both layers give the eager outputs and running statistics, in both modes."""
+    valid = lengths_to_mask(torch.tensor([7, 3]), 7)
+    for cls, x, mask in [
+        (MaskedBatchNorm1d, torch.randn(2, 4, 7), valid.unsqueeze(1)),
+        (MaskedBatchNorm2d, torch.randn(2, 4, 3, 7), valid[:, None, None, :]),
+    ]:
+        kwargs = {"affine": affine, "track_running_stats": track_running_stats}
+        eager, scripted = cls(4, **kwargs), torch.jit.script(cls(4, **kwargs))
+        for training in (True, False):
+            eager.train(training)
+            scripted.train(training)
+            for m in (mask, None):
+                assert torch.equal(scripted(x, m), eager(x, m))
+        for name, value in eager.state_dict().items():
+            assert torch.equal(scripted.state_dict()[name], value), name
 
 
 def test_global_context_attention_equals_explicit_concatenation():

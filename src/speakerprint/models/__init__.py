@@ -18,6 +18,7 @@ from speakerprint.models import (  # noqa: F401
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
+from speakerprint.models.export import script_encoder
 from speakerprint.models.lstm import LstmDvector
 from speakerprint.models.registry import (
     count_parameters,
@@ -43,4 +44,5 @@ __all__ = [
     "lengths_to_mask",
     "list_models",
     "register_model",
+    "script_encoder",
 ]

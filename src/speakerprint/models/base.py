@@ -34,6 +34,10 @@ class EncoderModule(nn.Module):
     min_frames: int
     _hparams: dict[str, Any]
 
+    # TorchScript compiles properties and attributes it is not told to skip; these are Python-only.
+    __jit_unused_properties__: ClassVar[list[str]] = ["hparams"]
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["_hparams"]
+
     @property
     def hparams(self) -> dict[str, Any]:
         """Constructor keyword arguments (a copy: editing it does not change the model)."""
@@ -46,11 +50,12 @@ class EncoderModule(nn.Module):
         """Check the input shapes and return the (B, 1, T) bool mask of valid frames.
 
         Only shapes are checked, never tensor values, so that the check costs no device sync and
-        traces for export. ``lengths`` entries must lie in ``[min_frames, T]``.
+        traces for export. ``lengths`` entries must lie in ``[min_frames, T]``. Under TorchScript
+        the errors are ``torch.jit.Error`` with the same messages.
         """
         if feats.dim() != 3:
             raise ValueError(
-                f"feats must be (batch, frames, {self.feat_dim}), got {tuple(feats.shape)}"
+                f"feats must be (batch, frames, {self.feat_dim}), got {_shape_str(feats)}"
             )
         batch, frames, feat_dim = feats.shape
         if feat_dim != self.feat_dim:
@@ -63,6 +68,14 @@ class EncoderModule(nn.Module):
             )
         if lengths is None:
             return torch.ones(batch, 1, frames, dtype=torch.bool, device=feats.device)
-        if lengths.shape != (batch,):
-            raise ValueError(f"lengths must be ({batch},), got {tuple(lengths.shape)}")
+        if lengths.dim() != 1 or lengths.shape[0] != batch:
+            raise ValueError(f"lengths must be ({batch},), got {_shape_str(lengths)}")
         return lengths_to_mask(lengths.to(feats.device), frames).unsqueeze(1)
+
+
+def _shape_str(x: Tensor) -> str:
+    """``str(tuple(x.shape))``, written so that TorchScript compiles it: ``(3,)``, ``(2, 8, 80)``."""
+    sizes = [str(size) for size in x.shape]
+    if len(sizes) == 1:
+        return "(" + sizes[0] + ",)"
+    return "(" + ", ".join(sizes) + ")"

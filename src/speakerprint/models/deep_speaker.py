@@ -94,6 +94,7 @@ class DeepSpeakerResCnn(EncoderModule):
         # Zero-padded stride-2 convs map T >= 1 steps to ceil(T / 2) >= 1: one frame runs.
         self.min_frames = 1
         self.eps = float(eps)
+        self.clip = CLIP  # an attribute, as TorchScript cannot read module-level globals
         self._hparams = {
             "feat_dim": feat_dim,
             "channels": list(channels),
@@ -124,7 +125,7 @@ class DeepSpeakerResCnn(EncoderModule):
         x = ((feats - mean) * (var + self.eps).rsqrt()).transpose(1, 2).unsqueeze(1)  # (B,1,F,T)
         for downsample, stage in zip(self.downsamples, self.stages):
             x, mask = downsample(x, mask)
-            x = F.hardtanh(x, 0.0, CLIP) * mask
+            x = F.hardtanh(x, 0.0, self.clip) * mask
             for block in stage:
                 x, mask = block(x, mask)  # (B, C, F', T')
         pooled = masked_mean(x.flatten(1, 2), mask.squeeze(1))  # (B, C F')

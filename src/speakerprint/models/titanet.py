@@ -94,9 +94,12 @@ class TitaNetBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, C_in, T); mask: (B, 1, T) bool -> (B, C_out, T), zero at padded frames."""
         y = x
-        for conv in self.convs[:-1]:
-            y = self.dropout(F.relu(conv(y, mask)))
-        y = self.se(self.convs[-1](y, mask), mask)
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):  # not convs[:-1]: TorchScript cannot call its items
+            y = conv(y, mask)
+            if i < last:
+                y = self.dropout(F.relu(y))
+        y = self.se(y, mask)
         if self.residual_conv is not None:
             y = y + self.residual_norm(self.residual_conv(x * mask), mask)
         return self.dropout(F.relu(y)) * mask

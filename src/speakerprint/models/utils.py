@@ -40,11 +40,12 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum(dim=-1) / count
 
 
-def masked_mean_std(x: Tensor, mask: Tensor, *, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
+def masked_mean_std(x: Tensor, mask: Tensor, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation over time of the valid frames, each (B, C).
 
     The variance is the population one (divided by the number of frames, so that one frame works) and
     is clamped at ``eps`` before the square root, which keeps the gradient finite on constant inputs.
+    ``eps`` is not keyword-only because TorchScript cannot compile keyword-only defaults.
     """
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean.unsqueeze(-1)).square(), mask)

@@ -30,10 +30,10 @@ class MaskedBatchNorm2d(MaskedBatchNorm1d):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, C, F, T); mask: (B, 1, 1, T) bool or None (all valid) -> (B, C, F, T)."""
         batch, channels, freq, frames = x.shape
-        flat_mask = None
+        flat_mask: Tensor | None = None
         if mask is not None:
             flat_mask = mask.expand(batch, 1, freq, frames).reshape(batch, 1, freq * frames)
-        y = super().forward(x.reshape(batch, channels, freq * frames), flat_mask)
+        y = self._masked_batch_norm(x.reshape(batch, channels, freq * frames), flat_mask)
         return y.reshape(batch, channels, freq, frames)
 
 

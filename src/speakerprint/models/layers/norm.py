@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -12,7 +13,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     With plain BatchNorm1d the zeros of padded frames enter the batch mean and variance during
     training, so the running statistics (and hence every later embedding) depend on how a batch was
     padded. Same parameters and buffers as ``nn.BatchNorm1d``: state dicts are interchangeable.
-    When running statistics are used (eval mode) the mask changes nothing.
+    When running statistics are used (eval mode) the mask changes nothing. Scriptable with
+    ``torch.jit.script``, as are its subclasses.
 
     >>> bn = MaskedBatchNorm1d(4)
     >>> x, mask = torch.randn(2, 4, 10), torch.ones(2, 1, 10, dtype=torch.bool)
@@ -22,9 +24,14 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, C, T); mask: (B, 1, T) bool, True at valid frames, or None (all valid)."""
+        return self._masked_batch_norm(x, mask)
+
+    def _masked_batch_norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        # The body of forward, a method of its own so that subclasses' forwards call it: TorchScript
+        # has no super().
         use_batch_stats = self.training or not self.track_running_stats
         if mask is None or not use_batch_stats:
-            return super().forward(x)
+            return self._batch_norm(x)
 
         # Statistics in fp32 whatever the autocast dtype: sums over B*T frames lose bits in bf16.
         x32 = x.float()
@@ -38,17 +45,48 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
             self._update_running_stats(mean.detach(), var.detach(), count.detach())
 
         y = centred * torch.rsqrt(var[:, None] + self.eps)
-        if self.affine:
-            y = y * self.weight[:, None] + self.bias[:, None]
+        gamma, beta = self.weight, self.bias  # locals: TorchScript refines only those from None
+        if gamma is not None and beta is not None:  # affine
+            y = y * gamma[:, None] + beta[:, None]
         return y.to(x.dtype)
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as in nn.BatchNorm1d
-            momentum = 1.0 / float(self.num_batches_tracked)
+    def _batch_norm(self, x: Tensor) -> Tensor:
+        """``nn.BatchNorm1d.forward``, step for step (TorchScript cannot call it via super())."""
+        self._check_input_dim(x)
+        if self.momentum is None:
+            exponential_average_factor = 0.0
         else:
-            momentum = self.momentum
-        unbiased_var = var * count / (count - 1).clamp(min=1)
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(unbiased_var, momentum)
+            exponential_average_factor = self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is not None:  # statically None without running stats
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:  # cumulative moving average
+                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                else:
+                    exponential_average_factor = self.momentum
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            self.training or (self.running_mean is None and self.running_var is None),
+            exponential_average_factor,
+            self.eps,
+        )
+
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        running_mean, running_var = self.running_mean, self.running_var
+        num_batches_tracked = self.num_batches_tracked
+        if running_mean is None or running_var is None or num_batches_tracked is None:
+            return  # no running statistics to update (never so when called from forward)
+        with torch.no_grad():  # a block, not a decorator: TorchScript compiles only the former
+            num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as in nn.BatchNorm1d
+                momentum = 1.0 / float(num_batches_tracked)
+            else:
+                momentum = self.momentum
+            unbiased_var = var * count / (count - 1).clamp(min=1)
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(unbiased_var, momentum)
