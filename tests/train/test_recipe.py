@@ -162,3 +162,37 @@ def test_inconsistent_sampler_loss_and_freezing_are_config_errors(
 ):
     with pytest.raises(ConfigError, match=match):
         train(tiny_config(demo_prepared, **overrides), tmp_path / "run", progress=False)
+
+
+def test_speaker_balanced_batches_continue_into_the_next_epoch(
+    tmp_path, demo_prepared, monkeypatch
+):
+    # 220 utterances make 3 batches of 64: step 4 starts the second epoch, whose sampler must
+    # again see every training utterance's label (not, say, the last batch's).
+    import speakerprint.train.loop as loop
+
+    seen = []
+
+    class Recording(loop.SpeakerBalancedBatchSampler):
+        def __init__(self, labels, *args, **kwargs):
+            seen.append((kwargs["epoch"], len(labels)))
+            super().__init__(labels, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "SpeakerBalancedBatchSampler", Recording)
+    cfg = tiny_config(
+        demo_prepared,
+        **{
+            "loss.name": "triplet",
+            "loss.margin": 0.1,
+            "data.sampler": "speaker_balanced",
+            "data.utterances_per_speaker": 4,
+            "data.batch_size": 64,
+            "data.crop_s": 0.5,
+            "train.max_steps": 4,
+            "data.dev_manifest": "null",
+            "data.dev_trials": "null",
+        },
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert len(result.losses) == 4
+    assert seen == [(0, 220), (1, 220)]

@@ -360,7 +360,7 @@ def train(
         while True:
             if cfg.data.sampler == "speaker_balanced":
                 sampler = SpeakerBalancedBatchSampler(
-                    labels,
+                    utterance_labels,
                     cfg.data.batch_size // per_speaker,
                     per_speaker,
                     seed=cfg.train.seed,
@@ -386,7 +386,7 @@ def train(
             yield from loader
             epoch, start_batch = epoch + 1, 0
 
-    labels = [speaker_to_label[u.speaker] for u in train_utts]
+    utterance_labels = [speaker_to_label[u.speaker] for u in train_utts]
     model.train(not cfg.train.freeze_encoder)  # a frozen encoder keeps its BN statistics
     fbank.train()
     loss_fn.train()
