@@ -73,7 +73,8 @@ def describe_device(device: torch.device) -> str:
     """The hardware in words, for the records that figures are quoted from."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
