@@ -137,17 +137,113 @@ def eval_cmd(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of text")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here")] = None,
     batch_size: Annotated[int, typer.Option(help="Utterances per batch")] = 16,
-    p_target: Annotated[float, typer.Option(help="Prior of a target trial for minDCF")] = 0.01,
+    p_target: Annotated[
+        float, typer.Option(help="Prior of a target trial for the headline minDCF")
+    ] = 0.01,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    condition: Annotated[
+        str,
+        typer.Option(
+            help="Test condition: full (whole utterances), crop (one crop from the start), "
+            "multi_crop (mean of evenly spaced crops)"
+        ),
+    ] = "full",
+    crop_s: Annotated[
+        float | None, typer.Option(help="Crop length in seconds (crop, multi_crop); default 3.0")
+    ] = None,
+    num_crops: Annotated[
+        int | None, typer.Option(help="Crops per utterance (multi_crop); default 5")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Folder of cached embeddings, one file per bundle and condition"),
+    ] = None,
+    norm: Annotated[
+        str, typer.Option(help="Score normalisation: none, znorm, tnorm, snorm, asnorm")
+    ] = "none",
+    cohort: Annotated[
+        Path | None,
+        typer.Option(
+            help="Manifest of cohort speakers, disjoint from the trials' (e.g. the training "
+            "manifest); needed by --norm"
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            help="AS-norm: closest cohort speakers used; default 300, or the cohort size if smaller"
+        ),
+    ] = None,
+    identification: Annotated[
+        bool,
+        typer.Option(
+            "--identification",
+            help="Add closed-set top-1/top-5 identification over the manifest's utterances",
+        ),
+    ] = False,
 ) -> None:
-    """Equal error rate and minDCF of a bundle on a trial list (full-length embeddings, cosine)."""
+    """EER and minDCF of a bundle on a trial list: cosine scores under a test condition,
+    optionally normalised against a cohort, optionally with identification accuracy."""
     from speakerprint.data.manifest import read_manifest
     from speakerprint.data.trials import read_trials
+    from speakerprint.errors import ConfigError
+    from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
+    from speakerprint.eval.conditions import (
+        CONDITION_KINDS,
+        DEFAULT_CROP_S,
+        DEFAULT_NUM_CROPS,
+        Condition,
+    )
+    from speakerprint.eval.normalization import NORMALIZATION_METHODS
     from speakerprint.eval.scoring import evaluate
     from speakerprint.models.bundle import load_bundle
     from speakerprint.utils.io import atomic_write_text
 
+    if not 0.0 < p_target < 1.0:
+        raise ConfigError(f"--p-target must be strictly between 0 and 1, got {p_target}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if condition not in CONDITION_KINDS:
+        raise ConfigError(
+            f"--condition must be one of {', '.join(CONDITION_KINDS)}, got {condition!r}"
+        )
+    if crop_s is not None and condition == "full":
+        raise ConfigError("--crop-s applies to --condition crop or multi_crop, not full")
+    if num_crops is not None and condition != "multi_crop":
+        raise ConfigError(f"--num-crops applies to --condition multi_crop, not {condition}")
+    if crop_s is not None and not crop_s > 0:
+        raise ConfigError(f"--crop-s must be a positive number of seconds, got {crop_s}")
+    if num_crops is not None and num_crops < 1:
+        raise ConfigError(f"--num-crops must be at least 1, got {num_crops}")
+    test_condition = Condition(
+        condition,
+        crop_s=DEFAULT_CROP_S if crop_s is None else crop_s,
+        num_crops=(num_crops or DEFAULT_NUM_CROPS) if condition == "multi_crop" else 1,
+    )
+    if norm not in NORMALIZATION_METHODS:
+        raise ConfigError(f"--norm must be one of {', '.join(NORMALIZATION_METHODS)}, got {norm!r}")
+    if norm != "none" and cohort is None:
+        raise ConfigError(
+            f"--norm {norm} needs --cohort MANIFEST: utterances of speakers disjoint from the "
+            "trials' (e.g. the training manifest), averaged into one embedding per speaker"
+        )
+    if norm == "none" and cohort is not None:
+        raise ConfigError(f"--cohort {cohort} is used only with --norm znorm/tnorm/snorm/asnorm")
+    if top_k is not None and norm != "asnorm":
+        raise ConfigError(f"--top-k applies to --norm asnorm, not --norm {norm}")
+    if cache is not None and cache.exists() and not cache.is_dir():
+        raise ConfigError(f"--cache {cache} is a file, not a folder")
+    cohort_utts = read_manifest(cohort) if cohort is not None else None
+    if top_k is not None:
+        num_cohort = len({u.speaker for u in cohort_utts or ()})
+        if not 2 <= top_k <= num_cohort:
+            raise ConfigError(
+                f"--top-k must be between 2 and the number of cohort speakers in {cohort} "
+                f"({num_cohort}), got {top_k}"
+            )
+
     b = load_bundle(bundle, device=device)
+    embedding_cache = None if cache is None else EmbeddingCache(cache, bundle_fingerprint(bundle))
     result = evaluate(
         b,
         read_manifest(manifest),
@@ -156,24 +252,64 @@ def eval_cmd(
         batch_size=batch_size,
         p_target=p_target,
         progress=sys.stderr.isatty(),
+        condition=test_condition,
+        cache=embedding_cache,
+        norm=norm,
+        cohort=cohort_utts,
+        cohort_name=str(cohort) if cohort is not None else "cohort",
+        top_k=top_k,
+        identification=identification,
     )
     record = {
         "bundle": str(bundle),
         "manifest": str(manifest),
         "trials": str(trials),
-        **result.metrics.to_dict(),
+        "cohort": None if cohort is None else str(cohort),
+        "cache": None if cache is None else str(cache),
+        **result.to_dict(),
     }
     if out is not None:
         atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     if json_:
         typer.echo(json.dumps(record, indent=2))
+        return
+    m = result.metrics
+    n = result.normalization
+    lines = [
+        f"condition: {test_condition.describe()}",
+        f"trials: {m.num_target} target, {m.num_nontarget} non-target",
+    ]
+    if n.method == "none":
+        lines.append("scores: raw cosine")
     else:
-        m = result.metrics
-        typer.echo(
-            f"trials: {m.num_target} target, {m.num_nontarget} non-target\n"
-            f"EER: {100 * m.eer:.2f}% (threshold {m.eer_threshold:.4f})\n"
-            f"minDCF (p_target={m.p_target}, C_miss={m.c_miss}, C_fa={m.c_fa}): {m.min_dcf:.4f}"
+        top = f", top_k {n.top_k}" if n.top_k is not None else ""
+        lines.append(
+            f"scores: {n.method} against {n.num_cohort_speakers} cohort speakers "
+            f"({n.num_cohort_utterances} utterances of {n.cohort}){top}"
         )
+        if n.note:
+            lines.append(f"note: {n.note}")
+    lines.append(f"EER: {100 * m.eer:.2f}% (threshold {m.eer_threshold:.4f})")
+    for d in result.min_dcfs:
+        lines.append(
+            f"minDCF (p_target={d.p_target}, C_miss={d.c_miss}, C_fa={d.c_fa}): {d.min_dcf:.4f}"
+        )
+    for r in result.identification:
+        skipped = (
+            f", {r.num_skipped_speakers} single-utterance speaker(s) not tested"
+            if r.num_skipped_speakers
+            else ""
+        )
+        lines.append(
+            f"identification, {r.mode.replace('_', '-')} ({r.num_speakers} speakers, "
+            f"{r.num_tested} utterances{skipped}): top-1 {100 * r.top1_accuracy:.2f}%, "
+            f"top-5 {100 * r.top5_accuracy:.2f}%"
+        )
+    if cache is not None:
+        lines.append(
+            f"embeddings: {result.num_embedded} embedded, {result.num_cached} from the cache {cache}"
+        )
+    typer.echo("\n".join(lines))
 
 
 def _encoder(model: Path | None):

@@ -1,20 +1,60 @@
-"""Embedding extraction over a manifest, cosine scoring of trials, and one evaluation run."""
+"""Embedding extraction over a manifest, cosine scoring of trials, and one evaluation run.
+
+An evaluation run (:func:`evaluate`) embeds the utterances under a test condition (optionally
+through an embedding cache), scores the trials by cosine, optionally normalises the scores
+against a speaker-mean cohort, and reports EER, minDCF at several target priors and, on request,
+closed-set identification accuracy over the manifest's utterances.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from speakerprint.data.dataset import UtteranceDataset, collate_padded, length_sorted_batches
 from speakerprint.data.manifest import Utterance
 from speakerprint.data.trials import Trial, check_trials_against
-from speakerprint.eval.metrics import VerificationMetrics, compute_verification_metrics
-from speakerprint.eval.normalization import unit_rows
+from speakerprint.eval.cache import EmbeddingCache
+from speakerprint.eval.conditions import FULL, Condition, embed_condition
+from speakerprint.eval.identification import (
+    IDENTIFICATION_MODES,
+    IdentificationResult,
+    closed_set_identification,
+)
+from speakerprint.eval.metrics import (
+    DcfResult,
+    VerificationMetrics,
+    compute_min_dcf,
+    compute_verification_metrics,
+)
+from speakerprint.eval.normalization import (
+    NORMALIZATION_METHODS,
+    cohort_from_manifest,
+    normalize_scores,
+    unit_rows,
+)
 from speakerprint.models.bundle import Bundle
+
+__all__ = [
+    "DEFAULT_ASNORM_TOP_K",
+    "REPORTED_P_TARGETS",
+    "EvalResult",
+    "ScoreNormalization",
+    "cosine_scores",
+    "embed_utterances",
+    "evaluate",
+]
+
+log = logging.getLogger(__name__)
+
+# minDCF is always reported at these target priors (VoxSRC uses 0.05, NIST SRE 0.01), besides
+# the run's own p_target.
+REPORTED_P_TARGETS = (0.01, 0.05)
+# AS-norm's default cohort subset: the 300 closest cohort speakers (the value of WeSpeaker's
+# VoxCeleb recipe); capped at the cohort size.
+DEFAULT_ASNORM_TOP_K = 300
 
 
 def embed_utterances(
@@ -28,29 +68,11 @@ def embed_utterances(
     """Full-length embeddings of every utterance, batched by similar length.
 
     Returns ``{utt_id: (embed_dim,) float32}``. The encoder's train/eval mode is restored after.
+    Other test conditions: :func:`speakerprint.eval.conditions.embed_condition`.
     """
-    dataset = UtteranceDataset(utts, sample_rate=bundle.sample_rate)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=length_sorted_batches([u.duration_s for u in utts], batch_size),
-        collate_fn=collate_padded,
-        num_workers=num_workers,
+    return embed_condition(
+        bundle, utts, FULL, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
-    was_training = bundle.encoder.training, bundle.fbank.training
-    bundle.encoder.eval()
-    bundle.fbank.eval()
-    out: dict[str, np.ndarray] = {}
-    try:
-        for wav, lengths, indices in tqdm(
-            loader, desc="embedding", unit="batch", disable=not progress, leave=False
-        ):
-            emb = bundle.embed_batch(wav, lengths).cpu().numpy()
-            for row, i in enumerate(indices):
-                out[utts[i].utt_id] = emb[row]
-    finally:
-        bundle.encoder.train(was_training[0])
-        bundle.fbank.train(was_training[1])
-    return out
 
 
 def cosine_scores(embeddings: dict[str, np.ndarray], trials: Sequence[Trial]) -> np.ndarray:
@@ -63,11 +85,58 @@ def cosine_scores(embeddings: dict[str, np.ndarray], trials: Sequence[Trial]) ->
     return np.einsum("nd,nd->n", matrix[enrol], matrix[test])
 
 
+@dataclass(frozen=True)
+class ScoreNormalization:
+    """How the scores of a run were normalised (``method == "none"``: raw cosines).
+
+    Attributes:
+        method: one of :data:`~speakerprint.eval.normalization.NORMALIZATION_METHODS`.
+        cohort: where the cohort came from (a manifest path, in words), or None.
+        num_cohort_speakers: rows of the speaker-mean cohort (0 without one).
+        num_cohort_utterances: utterances averaged into it.
+        top_k: AS-norm's number of closest cohort speakers; None for other methods.
+        note: anything a reader of the figure should know, e.g. that top_k was capped.
+        num_overlapping_speakers: cohort speakers that also occur in the trials (should be 0).
+    """
+
+    method: str = "none"
+    cohort: str | None = None
+    num_cohort_speakers: int = 0
+    num_cohort_utterances: int = 0
+    top_k: int | None = None
+    note: str = ""
+    num_overlapping_speakers: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
 @dataclass
 class EvalResult:
+    """One evaluation run: its metrics, its (possibly normalised) scores and its settings.
+
+    Attributes:
+        metrics: EER and minDCF at the run's ``p_target``.
+        scores: (N,) the scores the metrics are computed from, one per trial.
+        labels: (N,) 1 for target, 0 for non-target trials.
+        min_dcfs: minDCF at each of :data:`REPORTED_P_TARGETS` and the run's ``p_target``,
+            ascending by ``p_target``.
+        condition: the test condition the utterances were embedded under.
+        normalization: how the scores were normalised.
+        identification: closed-set results (inclusive, leave-one-out) when asked for, else ().
+        num_embedded: utterances embedded by this run (trials, cohort and identification sets).
+        num_cached: utterances whose embeddings came from the cache.
+    """
+
     metrics: VerificationMetrics
     scores: np.ndarray
     labels: np.ndarray
+    min_dcfs: tuple[DcfResult, ...] = ()
+    condition: Condition = FULL
+    normalization: ScoreNormalization = field(default_factory=ScoreNormalization)
+    identification: tuple[IdentificationResult, ...] = ()
+    num_embedded: int = 0
+    num_cached: int = 0
 
     def score_means(self) -> dict[str, float]:
         """Mean score of the target and of the non-target trials (Deep Speaker's SAP and SAN
@@ -76,6 +145,51 @@ class EvalResult:
             "mean_target_score": float(self.scores[self.labels == 1].mean()),
             "mean_nontarget_score": float(self.scores[self.labels == 0].mean()),
         }
+
+    def to_dict(self) -> dict[str, object]:
+        """Every figure with its settings, as plain JSON-ready values.
+
+        The top level keeps :meth:`VerificationMetrics.to_dict`'s keys (EER and minDCF at the
+        run's ``p_target``); ``min_dcf_by_p_target`` lists minDCF at every reported prior.
+        """
+        return {
+            **self.metrics.to_dict(),
+            **self.score_means(),
+            "min_dcf_by_p_target": [vars(d).copy() for d in self.min_dcfs],
+            "condition": self.condition.to_dict(),
+            "normalization": self.normalization.to_dict(),
+            "identification": [r.to_dict() for r in self.identification],
+            "num_embedded": self.num_embedded,
+            "num_cached": self.num_cached,
+        }
+
+
+def _embed(
+    bundle: Bundle,
+    utts: Sequence[Utterance],
+    condition: Condition,
+    cache: EmbeddingCache | None,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Embeddings, how many were embedded now and how many came from the cache."""
+
+    def compute(todo: Sequence[Utterance]) -> dict[str, np.ndarray]:
+        return embed_condition(
+            bundle,
+            todo,
+            condition,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+        )
+
+    if cache is None:
+        return compute(utts), len(utts), 0
+    found = cache.get_or_compute(condition, utts, compute)
+    return found.embeddings, found.num_computed, found.num_cached
 
 
 def evaluate(
@@ -88,19 +202,127 @@ def evaluate(
     num_workers: int = 0,
     p_target: float = 0.01,
     progress: bool = False,
+    condition: Condition = FULL,
+    cache: EmbeddingCache | None = None,
+    norm: str = "none",
+    cohort: Sequence[Utterance] | None = None,
+    cohort_name: str = "cohort",
+    top_k: int | None = None,
+    identification: bool = False,
 ) -> EvalResult:
-    """Embed the utterances the trials use, score the trials, and compute EER and minDCF."""
+    """Embed the utterances the trials use, score the trials, and compute EER and minDCF.
+
+    Args:
+        bundle: the model; ``utts``: the manifest the trials name; ``trials``: the trial list.
+        trials_path: the trial list's name in error messages.
+        p_target: prior of ``metrics.min_dcf``; minDCF at :data:`REPORTED_P_TARGETS` is added.
+        condition: the test condition of every embedding (trials, cohort, identification).
+        cache: where embeddings are kept between runs; it must belong to ``bundle``.
+        norm: score normalisation, one of ``NORMALIZATION_METHODS``; all but "none" need
+            ``cohort``.
+        cohort: utterances of speakers disjoint from the trials' (e.g. a training manifest),
+            averaged into one mean embedding per speaker.
+        cohort_name: where the cohort came from, for the record (e.g. its manifest path).
+        top_k: AS-norm's closest cohort speakers; default ``min(DEFAULT_ASNORM_TOP_K, K)``.
+        identification: also compute closed-set top-1/top-5 accuracy, inclusive and
+            leave-one-out, over all of ``utts`` (so every utterance is embedded).
+
+    Raises:
+        ManifestError: a trial names an utterance not in ``utts``.
+        ValueError: an unknown ``norm``, ``norm`` without ``cohort`` or a cohort without
+            ``norm``, ``top_k`` with a method other than AS-norm or outside [2, K].
+
+    >>> result = evaluate(bundle, read_manifest("dev.jsonl"), read_trials("dev_trials.txt"),
+    ...                   norm="asnorm", cohort=read_manifest("train.jsonl"))  # doctest: +SKIP
+    >>> result.metrics.eer, result.normalization.top_k  # doctest: +SKIP
+    (0.041, 100)
+    """
+    if norm not in NORMALIZATION_METHODS:
+        raise ValueError(
+            f"unknown normalisation {norm!r}; choose one of {', '.join(NORMALIZATION_METHODS)}"
+        )
+    if norm != "none" and not cohort:
+        raise ValueError(f"score normalisation {norm!r} needs a cohort of utterances")
+    if norm == "none" and cohort:
+        raise ValueError("a cohort is used only by score normalisation, but norm is 'none'")
+    if top_k is not None and norm != "asnorm":
+        raise ValueError(f"top_k applies to AS-norm only, got top_k={top_k} with {norm!r}")
+    if top_k is not None:  # checked before the work of embedding
+        num_cohort = len({u.speaker for u in cohort or ()})
+        if not 2 <= top_k <= num_cohort:
+            raise ValueError(
+                f"top_k must be between 2 and the cohort size ({num_cohort} speakers), got {top_k}"
+            )
     by_id = {u.utt_id: u for u in utts}
     check_trials_against(trials, by_id.keys(), trials_path)
     needed = sorted({t.enrol for t in trials} | {t.test for t in trials})
-    embeddings = embed_utterances(
-        bundle,
-        [by_id[u] for u in needed],
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    to_embed = list(by_id.values()) if identification else [by_id[u] for u in needed]
+    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    embeddings, num_embedded, num_cached = _embed(bundle, to_embed, condition, cache, **options)
     scores = cosine_scores(embeddings, trials)
+
+    normalization = ScoreNormalization()
+    if norm != "none":
+        assert cohort is not None
+        cohort_utts = list(cohort)
+        cohort_emb, computed, cached = _embed(bundle, cohort_utts, condition, cache, **options)
+        num_embedded += computed
+        num_cached += cached
+        cohort_matrix = cohort_from_manifest(cohort_utts, cohort_emb)
+        num_cohort = len(cohort_matrix)
+        note = ""
+        if norm == "asnorm":
+            if top_k is None:
+                top_k = min(DEFAULT_ASNORM_TOP_K, num_cohort)
+                if top_k < DEFAULT_ASNORM_TOP_K:
+                    note = (
+                        f"top_k = the cohort size {num_cohort} (the default "
+                        f"{DEFAULT_ASNORM_TOP_K} is larger), so AS-norm equals s-norm here"
+                    )
+            elif top_k == num_cohort:
+                note = f"top_k = the cohort size {num_cohort}, so AS-norm equals s-norm here"
+        trial_speakers = {by_id[u].speaker for u in needed}
+        overlap = trial_speakers & {u.speaker for u in cohort_utts}
+        if overlap:
+            log.warning(
+                "%d cohort speaker(s) also occur in the trials (e.g. %s): a cohort should be "
+                "disjoint from the trial speakers",
+                len(overlap),
+                sorted(overlap)[:3],
+            )
+        scores = normalize_scores(norm, embeddings, trials, scores, cohort_matrix, top_k=top_k)
+        normalization = ScoreNormalization(
+            method=norm,
+            cohort=cohort_name,
+            num_cohort_speakers=num_cohort,
+            num_cohort_utterances=len(cohort_utts),
+            top_k=top_k if norm == "asnorm" else None,
+            note=note,
+            num_overlapping_speakers=len(overlap),
+        )
+
     labels = np.array([t.label for t in trials], dtype=np.int64)
     metrics = compute_verification_metrics(scores, labels, p_target=p_target)
-    return EvalResult(metrics=metrics, scores=scores, labels=labels)
+    min_dcfs = tuple(
+        compute_min_dcf(scores, labels, p_target=p)
+        for p in sorted(set(REPORTED_P_TARGETS) | {float(p_target)})
+    )
+    identified: tuple[IdentificationResult, ...] = ()
+    if identification:
+        ids = sorted(by_id)
+        matrix = np.stack([embeddings[u] for u in ids])
+        speakers = [by_id[u].speaker for u in ids]
+        identified = tuple(
+            closed_set_identification(matrix, speakers, mode=mode) for mode in IDENTIFICATION_MODES
+        )
+    return EvalResult(
+        metrics=metrics,
+        scores=scores,
+        labels=labels,
+        min_dcfs=min_dcfs,
+        condition=condition,
+        normalization=normalization,
+        identification=identified,
+        num_embedded=num_embedded,
+        num_cached=num_cached,
+    )
