@@ -54,7 +54,6 @@ run multicrop5x3_raw --condition multi_crop --crop-s 3 --num-crops 5 --identific
 "$PYTHON" - "$OUT" "$REPORT" "$(( $(date +%s) - start ))" <<'PY'
 """Write the Markdown report from the JSON records the runs wrote; nothing is typed in."""
 import json
-import platform
 import sys
 from datetime import date
 from pathlib import Path
@@ -63,20 +62,11 @@ import torch
 
 import speakerprint
 from speakerprint.utils.io import atomic_write_text
+from speakerprint.utils.machine import cpu_name
 
 out, report, wall_s = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 commands = dict(line.split("\t", 1) for line in (out / "commands.tsv").read_text().splitlines())
 runs = {name: json.loads((out / f"{name}.json").read_text()) for name in commands}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def pct(x: float) -> str:

@@ -18,16 +18,7 @@ import torch
 from speakerprint.models import count_parameters, create_model
 from speakerprint.train.config import load_config
 from speakerprint.utils.io import atomic_write_text
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from speakerprint.utils.machine import cpu_name
 
 
 def summarise(run_dir: Path) -> dict | None:

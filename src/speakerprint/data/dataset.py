@@ -179,9 +179,8 @@ class SpeakerBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.epoch = epoch
         self.start_batch = start_batch
 
-    @staticmethod
-    def batches_per_epoch(num_items: int, batch_size: int) -> int:
-        return num_items // batch_size
+    # The same epoch length as EpochBatchSampler: an epoch is as much audio for either sampler.
+    batches_per_epoch = staticmethod(EpochBatchSampler.batches_per_epoch)
 
     def __len__(self) -> int:
         batch_size = self.speakers_per_batch * self.utterances_per_speaker
