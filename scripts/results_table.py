@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="Training runs")
     parser.add_argument("--command", default="", help="the command that made the runs")
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: stdout)")
+    parser.add_argument("--expect", nargs="*", default=[], help="run names the table should hold")
+    parser.add_argument("--note", action="append", default=[], help="a line to add under the table")
     args = parser.parse_args(argv)
 
     rows = [row for d in sorted(args.runs.iterdir()) if d.is_dir() and (row := summarise(d))]
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {cpu_name()}, {platform.system()} {platform.machine()}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
     ]
+    missing = [name for name in args.expect if name not in {r["run"] for r in rows}]
+    if missing:
+        lines += ["", f"Not finished, so not in the table: {', '.join(missing)}."]
+    for note in args.note:
+        lines += ["", note]
     if args.command:
         lines += ["", f"Re-run: `{args.command}`"]
     text = "\n".join(lines) + "\n"

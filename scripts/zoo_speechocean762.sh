@@ -10,7 +10,8 @@ OUT=${OUT:-runs/zoo_so762}
 DATA=runs/so762/data
 STEPS=${STEPS:-200}
 THREADS=${THREADS:-0}  # torch CPU threads (0: torch's default)
-RUNS=${RUNS:-"deep_speaker_small titanet_s_aam titanet_s_softmax ecapa_c512 resnet34"}
+ALL_RUNS="deep_speaker_small titanet_s_aam titanet_s_softmax ecapa_c512 resnet34"
+RUNS=${RUNS:-$ALL_RUNS}
 
 if [ ! -f "$DATA/train.jsonl" ]; then
   speakerprint prepare folder ../shared/data/speechocean762/train --out "$DATA" \
@@ -40,4 +41,8 @@ done
 
 python scripts/results_table.py "$OUT" --title "Same-budget model zoo on speechocean762" \
   --command "STEPS=$STEPS THREADS=$THREADS bash scripts/zoo_speechocean762.sh" \
+  --expect $ALL_RUNS \
+  --note "train min is wall time as it happened, often with other jobs sharing the CPU: not a \
+speed comparison (bench/ is for that). The same recipe for every model: Adam 2e-3 with cosine \
+decay, AAM m=0.2 s=30 with a 60-step margin warm-up (or plain softmax), no augmentation." \
   --out docs/results/zoo_speechocean762.md
