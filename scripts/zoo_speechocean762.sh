@@ -4,6 +4,8 @@
 # variant the paper's authors suggest for small corpora), all from recipes/zoo_speechocean762.yaml.
 # Re-running resumes unfinished runs and skips finished ones; the table is rewritten each time.
 #   STEPS=200 THREADS=1 bash scripts/zoo_speechocean762.sh
+#   RUNS=resnet34 bash scripts/zoo_speechocean762.sh   # one run, then the whole table again
+#   RUNS=" " bash scripts/zoo_speechocean762.sh        # no training: only rewrite the table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/zoo_so762}

@@ -231,17 +231,32 @@ def collate_crops(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, to
 
 
 class UtteranceDataset(Dataset):
-    """Whole utterances for embedding extraction. Returns ``(wav (N,) float32, index)``."""
+    """Utterances, or windows of them, for embedding extraction: ``(wav (N,) float32, index)``.
 
-    def __init__(self, utts: Sequence[Utterance], *, sample_rate: int = 16000) -> None:
+    ``windows`` lists ``(utterance index, start_s, duration_s or None for "to the end")``; by
+    default there is one window per utterance, the whole of it. ``index`` indexes the windows.
+    """
+
+    def __init__(
+        self,
+        utts: Sequence[Utterance],
+        *,
+        sample_rate: int = 16000,
+        windows: Sequence[tuple[int, float, float | None]] | None = None,
+    ) -> None:
         self.utts = list(utts)
         self.sample_rate = sample_rate
+        self.windows = (
+            list(windows) if windows is not None else [(i, 0.0, None) for i in range(len(utts))]
+        )
 
     def __len__(self) -> int:
-        return len(self.utts)
+        return len(self.windows)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return load_audio(self.utts[index].path, self.sample_rate), index
+        utt_index, start_s, duration_s = self.windows[index]
+        path = self.utts[utt_index].path
+        return load_audio(path, self.sample_rate, start_s=start_s, duration_s=duration_s), index
 
 
 def length_sorted_batches(durations: Sequence[float], batch_size: int) -> list[list[int]]:

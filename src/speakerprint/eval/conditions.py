@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from speakerprint.audio import load_audio
-from speakerprint.data.dataset import collate_padded, length_sorted_batches
+from speakerprint.data.dataset import UtteranceDataset, collate_padded, length_sorted_batches
 from speakerprint.data.manifest import Utterance
 from speakerprint.eval.normalization import unit_rows
 from speakerprint.models.bundle import Bundle
@@ -132,30 +131,6 @@ def crop_windows(duration_s: float, condition: Condition) -> list[tuple[float, f
     return [(float(start), condition.crop_s) for start in starts]
 
 
-class _WindowDataset(Dataset):
-    """Windows of utterances: ``(wav (N,) float32, window index)``."""
-
-    def __init__(
-        self,
-        utts: Sequence[Utterance],
-        windows: Sequence[tuple[int, float, float | None]],
-        sample_rate: int,
-    ) -> None:
-        self.utts = utts
-        self.windows = windows
-        self.sample_rate = sample_rate
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        utt_index, start_s, duration_s = self.windows[index]
-        path = self.utts[utt_index].path
-        if duration_s is None and start_s == 0.0:
-            return load_audio(path, self.sample_rate), index
-        return load_audio(path, self.sample_rate, start_s=start_s, duration_s=duration_s), index
-
-
 def embed_condition(
     bundle: Bundle,
     utts: Sequence[Utterance],
@@ -181,7 +156,7 @@ def embed_condition(
     ]
     lengths_s = [utts[i].duration_s if d is None else d for i, _, d in windows]
     loader = DataLoader(
-        _WindowDataset(utts, windows, bundle.sample_rate),
+        UtteranceDataset(utts, sample_rate=bundle.sample_rate, windows=windows),
         batch_sampler=length_sorted_batches(lengths_s, batch_size),
         collate_fn=collate_padded,
         num_workers=num_workers,

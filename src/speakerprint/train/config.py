@@ -266,8 +266,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     file; ``overrides`` apply to every phase, after the merge. A later phase starts from the
     previous phase's run unless it sets ``model.init_from`` itself (see :func:`run_recipe`).
 
-    >>> [p.name for p in load_recipe("recipes/speechocean762/deep_speaker_small.yaml")]  # doctest: +SKIP
-    ['softmax', 'triplet', 'softmax_frozen']
+    >>> [p.name for p in load_recipe("recipes/deep_speaker_small_speechocean762.yaml")]  # doctest: +SKIP
+    ['1_softmax', '2_triplet', '3_softmax_frozen']
     """
     path = Path(path)
     data = _read_yaml(path)
