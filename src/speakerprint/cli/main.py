@@ -380,6 +380,13 @@ def models() -> None:
         typer.echo(f"{name:32s} {n / 1e6:8.2f}M parameters (encoder only)")
 
 
+# Sub-command modules register their commands on `app` when imported (one line each).
+# fmt: off
+# isort: off
+# isort: on
+# fmt: on
+
+
 def main() -> None:
     app()
 
