@@ -181,11 +181,37 @@ def eval_cmd(
             help="Add closed-set top-1/top-5 identification over the manifest's utterances",
         ),
     ] = False,
+    open_set: Annotated[
+        bool,
+        typer.Option(
+            "--open-set",
+            help="Add open-set identification: half the manifest's speakers held out as "
+            "impostors, decided at the raw-cosine EER threshold",
+        ),
+    ] = False,
+    enrollment: Annotated[
+        Path | None,
+        typer.Option(
+            help="Enrollment map, 'MODEL UTT [UTT ...]' per line: trials may name a model on "
+            "their enrolment side (the mean of its utterances)"
+        ),
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Also write the scores, 'LABEL ENROL TEST SCORE' per trial, here"),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a report folder: report.md, report.html, DET curve, score "
+            "histograms, threshold table"
+        ),
+    ] = None,
 ) -> None:
     """EER and minDCF of a bundle on a trial list: cosine scores under a test condition,
     optionally normalised against a cohort, optionally with identification accuracy."""
     from speakerprint.data.manifest import read_manifest
-    from speakerprint.data.trials import read_trials
+    from speakerprint.data.trials import read_enrollment, read_trials
     from speakerprint.errors import ConfigError
     from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
     from speakerprint.eval.conditions import (
@@ -195,6 +221,7 @@ def eval_cmd(
         Condition,
     )
     from speakerprint.eval.normalization import NORMALIZATION_METHODS
+    from speakerprint.eval.scorefile import write_scores
     from speakerprint.eval.scoring import evaluate
     from speakerprint.models.bundle import load_bundle
     from speakerprint.utils.io import atomic_write_text
@@ -242,6 +269,8 @@ def eval_cmd(
                 f"({num_cohort}), got {top_k}"
             )
 
+    enrollment_models = read_enrollment(enrollment) if enrollment is not None else None
+    condition_note = f"Condition: {test_condition.describe()}; normalisation: {norm}."
     b = load_bundle(bundle, device=device)
     embedding_cache = None if cache is None else EmbeddingCache(cache, bundle_fingerprint(bundle))
     result = evaluate(
@@ -259,13 +288,25 @@ def eval_cmd(
         cohort_name=str(cohort) if cohort is not None else "cohort",
         top_k=top_k,
         identification=identification,
+        open_set=open_set,
+        enrollment=enrollment_models,
+        enrollment_path=str(enrollment),
     )
+    if scores is not None:
+        write_scores(scores, result.trials, result.scores)
+    if report is not None:
+        from speakerprint.viz.report import ReportSystem, write_report
+
+        system = ReportSystem(Path(bundle).name, result.trials, result.scores)
+        write_report(report, [system], title=f"{bundle} on {trials}", note=condition_note)
     record = {
         "bundle": str(bundle),
         "manifest": str(manifest),
         "trials": str(trials),
         "cohort": None if cohort is None else str(cohort),
         "cache": None if cache is None else str(cache),
+        "enrollment": None if enrollment is None else str(enrollment),
+        "scores_file": None if scores is None else str(scores),
         **result.to_dict(),
     }
     if out is not None:
@@ -305,6 +346,27 @@ def eval_cmd(
             f"{r.num_tested} utterances{skipped}): top-1 {100 * r.top1_accuracy:.2f}%, "
             f"top-5 {100 * r.top5_accuracy:.2f}%"
         )
+    o = result.open_set
+    if o is not None:
+        lines.append(
+            f"open-set identification ({o.num_speakers} enrolled speakers, {o.num_known} of "
+            f"their utterances and {o.num_unknown} of held-out speakers tested, threshold "
+            f"{o.threshold:.4f}): correct accept {100 * o.correct_accept_rate:.2f}%, "
+            f"misidentified {100 * o.misidentification_rate:.2f}%, impostors accepted "
+            f"{100 * o.false_accept_rate:.2f}%"
+        )
+    lines.append("thresholds measured on these trials (optimistic for these trials):")
+    for p in result.operating_points:
+        lines.append(
+            f"  {p.name:22s} {p.threshold:9.4f}  false accepts {100 * p.false_accept_rate:6.2f}%  "
+            f"misses {100 * p.miss_rate:6.2f}%"
+        )
+    if result.num_enrollment_models:
+        lines.append(f"enrollment models: {result.num_enrollment_models} from {enrollment}")
+    if scores is not None:
+        lines.append(f"scores: {scores}")
+    if report is not None:
+        lines.append(f"report: {report / 'report.md'}, {report / 'report.html'}")
     if cache is not None:
         lines.append(
             f"embeddings: {result.num_embedded} embedded, {result.num_cached} from the cache {cache}"
@@ -383,6 +445,7 @@ def models() -> None:
 # Sub-command modules register their commands on `app` when imported (one line each).
 # fmt: off
 # isort: off
+from speakerprint.cli import evaluation  # noqa: E402,F401
 # isort: on
 # fmt: on
 

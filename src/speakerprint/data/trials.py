@@ -29,7 +29,10 @@ __all__ = [
     "DEFAULT_TRIALS_PER_UTTERANCE",
     "Trial",
     "check_trials_against",
+    "all_pair_trials",
+    "format_trial",
     "make_trials",
+    "read_enrollment",
     "read_trials",
     "write_trials",
 ]
@@ -83,6 +86,44 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
     return trials
 
 
+def read_enrollment(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """Read an enrollment map: which utterances make up each enrollment model.
+
+    One model per line, ``MODEL UTT [UTT ...]``; a model may also be spread over several lines
+    (one utterance each, as in CN-Celeb's ``enroll.lst``), whose utterances add up in order.
+    A trial list then names the model where it would name an enrolment utterance, and the
+    model's embedding is the mean of its utterances' L2-normalised embeddings.
+
+    Raises:
+        ManifestError: the file is missing or unreadable, or lists ``FILE:LINE: problem`` for
+            every line with fewer than two fields and every utterance listed twice for a model.
+
+    >>> read_enrollment("enroll.txt")  # doctest: +SKIP
+    {'spk1-model': ('spk1/a.wav', 'spk1/b.wav'), 'spk2-model': ('spk2/c.wav',)}
+    """
+    path = Path(path)
+    text = read_text_file(path, "enrollment map")
+    models: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            problems.append(f"{path}:{line_number}: expected 'MODEL UTT [UTT ...]', got one field")
+            continue
+        members = models.setdefault(fields[0], [])
+        for utt in fields[1:]:
+            if utt in members:
+                problems.append(f"{path}:{line_number}: {utt!r} is already in model {fields[0]!r}")
+            else:
+                members.append(utt)
+    raise_problems(path, problems, "enrollment map")
+    if not models:
+        raise_problems(path, [f"{path}: no enrollment models"], "enrollment map")
+    return {model: tuple(utts) for model, utts in models.items()}
+
+
 def _check_id(utt_id: object) -> None:
     if not isinstance(utt_id, str) or not utt_id or any(c.isspace() for c in utt_id):
         raise ValueError(
@@ -98,15 +139,22 @@ def write_trials(path: str | os.PathLike, trials: Iterable[Trial]) -> None:
         ValueError: a label other than 0 or 1, or an id that is empty or holds whitespace (it
             could not be read back).
     """
-    lines = []
-    for trial in trials:
-        if isinstance(trial.label, bool) or trial.label not in (0, 1):
-            raise ValueError(f"trial label must be 0 or 1, got {trial.label!r} in {trial}")
-        _check_id(trial.enrol)
-        _check_id(trial.test)
-        lines.append(f"{trial.label} {trial.enrol} {trial.test}\n")
+    lines = [format_trial(trial) + "\n" for trial in trials]
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.writelines(lines)
+
+
+def format_trial(trial: Trial) -> str:
+    """``LABEL ENROL TEST`` without a newline, after checking it can be read back.
+
+    Raises:
+        ValueError: a label other than 0 or 1, or an id that is empty or holds whitespace.
+    """
+    if isinstance(trial.label, bool) or trial.label not in (0, 1):
+        raise ValueError(f"trial label must be 0 or 1, got {trial.label!r} in {trial}")
+    _check_id(trial.enrol)
+    _check_id(trial.test)
+    return f"{trial.label} {trial.enrol} {trial.test}"
 
 
 def check_trials_against(
@@ -131,7 +179,11 @@ def check_trials_against(
 
 
 def make_trials(
-    utts: Iterable[Utterance], *, num_target: int | None = None, seed: int = 0
+    utts: Iterable[Utterance],
+    *,
+    num_target: int | None = None,
+    seed: int = 0,
+    same_gender: bool = False,
 ) -> list[Trial]:
     """Make a balanced trial list: ``num_target`` target and as many non-target trials.
 
@@ -148,10 +200,14 @@ def make_trials(
         num_target: number of target trials; by default enough for each utterance to be in about
             ``DEFAULT_TRIALS_PER_UTTERANCE`` target trials, capped by the pairs that exist.
         seed: seed of the random choice.
+        same_gender: non-target trials only pair speakers of the same gender (the harder
+            condition of VoxCeleb1-H); their number is shared out among the genders in
+            proportion to their utterance counts. Every utterance needs a ``gender``.
 
     Raises:
         ValueError: duplicate or unwritable ids, no speaker with two utterances, fewer than two
-            speakers, or a ``num_target`` larger than the distinct pairs available.
+            speakers, or a ``num_target`` larger than the distinct pairs available; with
+            ``same_gender``, an utterance without a gender.
 
     >>> utts = [Utterance(f"s{s}/u{u}.wav", "", f"s{s}", 1.0, 16000)
     ...         for s in range(3) for u in range(3)]
@@ -172,6 +228,22 @@ def make_trials(
     num_utts = len(ids)
     max_target = int((sizes * (sizes - 1) // 2).sum())
     max_nontarget = num_utts * (num_utts - 1) // 2 - max_target
+    if same_gender:
+        genderless = [u.utt_id for u in utts if not u.gender]
+        if genderless:
+            raise ValueError(
+                f"same-gender trials need a gender for every utterance; {len(genderless)} have "
+                f"none, e.g. {genderless[:3]}"
+            )
+        gender_names, gender_of = np.unique([u.gender for u in utts], return_inverse=True)
+        gender_of = np.asarray(gender_of, dtype=np.int64).reshape(-1)
+        gender_sizes = np.bincount(gender_of, minlength=len(gender_names))
+        # A gender's non-target pairs: all its pairs less its speakers' own pairs.
+        nontarget_caps = gender_sizes * (gender_sizes - 1) // 2
+        for speaker in range(len(speaker_names)):
+            first = np.flatnonzero(speaker_of == speaker)[0]
+            nontarget_caps[gender_of[first]] -= sizes[speaker] * (sizes[speaker] - 1) // 2
+        max_nontarget = int(nontarget_caps.sum())
     if max_target == 0:
         raise ValueError("cannot make target trials: no speaker has two utterances")
     if max_nontarget == 0:
@@ -193,7 +265,18 @@ def make_trials(
         if quotas[speaker] > 0:
             members = rng.permutation(np.flatnonzero(speaker_of == speaker))
             target_pairs.append(_ring_pairs(members, int(quotas[speaker]), rng, speaker_of=None))
-    nontarget_pairs = _ring_pairs(rng.permutation(num_utts), num_target, rng, speaker_of)
+    if same_gender:
+        gender_quotas = _share_out(num_target, gender_sizes, rng, caps=nontarget_caps)
+        nontarget_pairs = np.concatenate(
+            [
+                _ring_pairs(
+                    rng.permutation(np.flatnonzero(gender_of == g)), int(q), rng, speaker_of
+                )
+                for g, q in enumerate(gender_quotas)
+            ]
+        )
+    else:
+        nontarget_pairs = _ring_pairs(rng.permutation(num_utts), num_target, rng, speaker_of)
 
     trials = []
     for label, pairs in ((1, np.concatenate(target_pairs)), (0, nontarget_pairs)):
@@ -204,14 +287,67 @@ def make_trials(
     return trials
 
 
-def _share_out(total: int, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Split ``total`` target pairs among speakers in proportion to their utterance counts.
+# all_pair_trials refuses lists longer than this: a full list of 20M trials is already ~1 GB of
+# text, and sampled lists (make_trials) resolve EER as well with far fewer.
+MAX_ALL_PAIRS = 20_000_000
 
-    A speaker with ``n`` utterances has ``n*(n-1)/2`` pairs at most; what a small speaker cannot
-    take is shared out among the others again ("water filling"). Requires
+
+def all_pair_trials(utts: Iterable[Utterance], *, same_gender: bool = False) -> list[Trial]:
+    """Every unordered pair of distinct utterances as a trial, sorted by ``(enrol, test)``, with
+    ``enrol < test``; with ``same_gender``, non-target pairs only within a gender.
+
+    Raises:
+        ValueError: duplicate or unwritable ids, more than :data:`MAX_ALL_PAIRS` pairs, or (with
+            ``same_gender``) an utterance without a gender.
+
+    >>> utts = [Utterance(f"s{s}/u{u}.wav", "", f"s{s}", 1.0, 16000)
+    ...         for s in range(2) for u in range(2)]
+    >>> [t.label for t in all_pair_trials(utts)]
+    [1, 0, 0, 0, 0, 1]
+    """
+    utts = sorted(utts, key=lambda u: u.utt_id)
+    ids = [u.utt_id for u in utts]
+    for utt_id in ids:
+        _check_id(utt_id)
+    duplicates = sorted(utt_id for utt_id, n in Counter(ids).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"duplicate utt_id(s) {duplicates[:5]}: trials need unique ids")
+    count = len(ids) * (len(ids) - 1) // 2
+    if count > MAX_ALL_PAIRS:
+        raise ValueError(
+            f"{len(ids)} utterances make {count} pairs, more than {MAX_ALL_PAIRS}: sample a "
+            "balanced list instead (make_trials)"
+        )
+    if same_gender:
+        genderless = [u.utt_id for u in utts if not u.gender]
+        if genderless:
+            raise ValueError(
+                f"same-gender trials need a gender for every utterance; {len(genderless)} have "
+                f"none, e.g. {genderless[:3]}"
+            )
+    first, second = np.triu_indices(len(ids), k=1)
+    speakers = np.array([u.speaker for u in utts])
+    target = speakers[first] == speakers[second]
+    keep = np.ones(len(first), dtype=bool)
+    if same_gender:
+        genders = np.array([u.gender for u in utts])
+        keep = target | (genders[first] == genders[second])
+    return [
+        Trial(int(t), ids[a], ids[b])
+        for a, b, t in zip(first[keep].tolist(), second[keep].tolist(), target[keep].tolist())
+    ]
+
+
+def _share_out(
+    total: int, sizes: np.ndarray, rng: np.random.Generator, caps: np.ndarray | None = None
+) -> np.ndarray:
+    """Split ``total`` pairs among groups (speakers, genders) in proportion to their sizes.
+
+    A group of ``n`` utterances has ``caps`` pairs at most (default ``n*(n-1)/2``); what a small
+    group cannot take is shared out among the others again ("water filling"). Requires
     ``total <= sum of the caps``.
     """
-    caps = sizes * (sizes - 1) // 2
+    caps = sizes * (sizes - 1) // 2 if caps is None else np.asarray(caps, dtype=np.int64)
     quotas = np.zeros(len(sizes), dtype=np.int64)
     active = caps > 0
     remaining = total

@@ -32,10 +32,20 @@ import scipy.optimize
 import scipy.special
 from numpy.typing import ArrayLike
 
-from speakerprint.eval.metrics import _validate, bayes_threshold, compute_eer, det_curve
+from speakerprint.eval.metrics import (
+    _validate,
+    bayes_threshold,
+    compute_act_dcf,
+    compute_eer,
+    compute_min_dcf,
+    det_curve,
+)
 
 __all__ = [
+    "DEFAULT_FA_RATES",
     "Calibration",
+    "OperatingPoint",
+    "operating_points",
     "fit_calibration",
     "threshold_at_eer",
     "threshold_at_fa_rate",
@@ -103,20 +113,60 @@ class Calibration:
 def _weighted_logistic_loss(
     params: np.ndarray, z: np.ndarray, sign: np.ndarray, weight: np.ndarray, prior_logit: float
 ) -> tuple[float, np.ndarray]:
-    """Loss and gradient in (a, b) of ``sum weight * log(1 + exp(-sign * (a z + b + prior_logit)))``."""
-    margin = sign * (params[0] * z + params[1] + prior_logit)
+    """Loss and gradient in (w, b) of ``sum weight * log(1 + exp(-sign * (z @ w + b + L)))``.
+
+    ``z`` is (N, S): one column per input score (one for calibration, several for fusion).
+    """
+    margin = sign * (z @ params[:-1] + params[-1] + prior_logit)
     loss = float(np.sum(weight * np.logaddexp(0.0, -margin)))
-    d_eta = -sign * weight * scipy.special.expit(-margin)  # derivative in a z + b
-    return loss, np.array([np.dot(d_eta, z), d_eta.sum()])
+    d_eta = -sign * weight * scipy.special.expit(-margin)  # derivative in z @ w + b
+    return loss, np.append(z.T @ d_eta, d_eta.sum())
 
 
 def _weighted_logistic_hessian(
     params: np.ndarray, z: np.ndarray, sign: np.ndarray, weight: np.ndarray, prior_logit: float
 ) -> np.ndarray:
-    eta = params[0] * z + params[1] + prior_logit
+    eta = z @ params[:-1] + params[-1] + prior_logit
     curvature = weight * scipy.special.expit(eta) * scipy.special.expit(-eta)
-    zc = curvature * z
-    return np.array([[np.dot(zc, z), zc.sum()], [zc.sum(), curvature.sum()]])
+    design = np.hstack([z, np.ones((len(z), 1))])  # (N, S + 1)
+    return (design * curvature[:, None]).T @ design
+
+
+def _fit_logistic(
+    columns: np.ndarray, is_target: np.ndarray, p_target: float | None, what: str
+) -> tuple[np.ndarray, float]:
+    """Prior-weighted logistic regression of LLRs on the score columns (N, S).
+
+    Returns the weights (S,) and the offset of ``llr = columns @ weights + offset``.
+    """
+    num_target = int(is_target.sum())
+    num_nontarget = len(is_target) - num_target
+    if p_target is not None and not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be strictly between 0 and 1 or None, got {p_target}")
+    prior = num_target / len(is_target) if p_target is None else float(p_target)
+    # Standardised columns keep the parameters on one scale, so the solver is well conditioned.
+    mean = columns.mean(axis=0)
+    spread = columns.std(axis=0)
+    spread[spread == 0] = 1.0  # a constant column: z == 0 and its weight stays 0
+    z = (columns - mean) / spread
+    sign = np.where(is_target, 1.0, -1.0)
+    weight = np.where(is_target, prior / num_target, (1.0 - prior) / num_nontarget)
+    args = (z, sign, weight, float(scipy.special.logit(prior)))
+    result = scipy.optimize.minimize(
+        _weighted_logistic_loss,
+        x0=np.zeros(columns.shape[1] + 1),  # LLR 0 everywhere: the uninformative start
+        args=args,
+        jac=True,
+        hess=_weighted_logistic_hessian,
+        method="trust-exact",
+        options={"gtol": 1e-9},
+    )
+    # The weights sum to 1, so the loss is O(1): a gradient below 1e-6 is converged even when
+    # rounding stops the solver short of gtol ("failure to predict improvement").
+    if not result.success and np.abs(result.jac).max() > 1e-6:
+        warnings.warn(f"{what} did not converge: {result.message}", RuntimeWarning, stacklevel=3)
+    w = result.x[:-1] / spread  # llr = sum_s w_s (c_s - mean_s) / spread_s + b
+    return w, float(result.x[-1] - np.dot(w, mean))
 
 
 def fit_calibration(
@@ -153,11 +203,6 @@ def fit_calibration(
     True
     """
     scores_arr, is_target = _validate(scores, labels)
-    num_target = int(is_target.sum())
-    num_nontarget = len(is_target) - num_target
-    if p_target is not None and not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must be strictly between 0 and 1 or None, got {p_target}")
-    prior = num_target / len(is_target) if p_target is None else float(p_target)
     separated = bool(scores_arr[is_target].min() > scores_arr[~is_target].max())
     if separated:
         warnings.warn(
@@ -167,31 +212,11 @@ def fit_calibration(
             RuntimeWarning,
             stacklevel=2,
         )
-    # Standardised scores keep the two parameters on one scale, so the solver is well conditioned.
-    mean = float(scores_arr.mean())
-    spread = float(scores_arr.std()) or 1.0  # all scores equal: z == 0 and the scale stays 0
-    z = (scores_arr - mean) / spread
-    sign = np.where(is_target, 1.0, -1.0)
-    weight = np.where(is_target, prior / num_target, (1.0 - prior) / num_nontarget)
-    args = (z, sign, weight, float(scipy.special.logit(prior)))
-    result = scipy.optimize.minimize(
-        _weighted_logistic_loss,
-        x0=np.zeros(2),  # LLR 0 everywhere: the uninformative start
-        args=args,
-        jac=True,
-        hess=_weighted_logistic_hessian,
-        method="trust-exact",
-        options={"gtol": 1e-9},
-    )
-    # The weights sum to 1, so the loss is O(1): a gradient below 1e-6 is converged even when
-    # rounding stops the solver short of gtol ("failure to predict improvement").
-    if not separated and not result.success and np.abs(result.jac).max() > 1e-6:
-        warnings.warn(
-            f"calibration fit did not converge: {result.message}", RuntimeWarning, stacklevel=2
-        )
-    a, b = (float(v) for v in result.x)
-    # llr = a * (s - mean) / spread + b
-    return Calibration(scale=a / spread, offset=b - a * mean / spread, p_target=p_target)
+    with warnings.catch_warnings():
+        if separated:  # already said; the solver's own complaint adds nothing
+            warnings.simplefilter("ignore", RuntimeWarning)
+        weights, offset = _fit_logistic(scores_arr[:, None], is_target, p_target, "calibration fit")
+    return Calibration(scale=float(weights[0]), offset=offset, p_target=p_target)
 
 
 def threshold_at_eer(scores: ArrayLike, labels: ArrayLike) -> float:
@@ -249,3 +274,64 @@ def threshold_for_bayes(
             f"calibration scale must be positive for a score threshold, got {calibration.scale}"
         )
     return (llr_threshold - calibration.offset) / calibration.scale
+
+
+# The false-acceptance rates of the threshold table: a security setting (0.1 %) and a
+# convenience one (1 %).
+DEFAULT_FA_RATES = (0.01, 0.001)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold chosen on a trial list, and the error rates it gives on that list.
+
+    Attributes:
+        name: how it was chosen, e.g. ``"EER"``, ``"FA <= 1%"``, ``"minDCF p_target=0.01"``.
+        threshold: accept a trial if ``score >= threshold``.
+        false_accept_rate: fraction of non-target trials accepted at it.
+        miss_rate: fraction of target trials rejected at it.
+    """
+
+    name: str
+    threshold: float
+    false_accept_rate: float
+    miss_rate: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return dataclasses.asdict(self)
+
+
+def operating_points(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    fa_rates: tuple[float, ...] = DEFAULT_FA_RATES,
+    p_targets: tuple[float, ...] = (0.01, 0.05),
+) -> list[OperatingPoint]:
+    """The threshold table of a report: the EER threshold, the lowest threshold whose
+    false-acceptance rate is at most each of ``fa_rates``, and the minDCF threshold at each of
+    ``p_targets`` (C_miss = C_fa = 1), each with the error rates it gives on these trials.
+
+    These thresholds are measured on the trials given, so their error rates there are
+    optimistic; a threshold for deployment is chosen on development trials (``speakerprint
+    calibrate``) and checked on others.
+
+    >>> [p.name for p in operating_points([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])]
+    ['EER', 'FA <= 1%', 'FA <= 0.1%', 'minDCF p_target=0.01', 'minDCF p_target=0.05']
+    """
+    scores_arr, is_target = _validate(scores, labels)
+    labels_arr = is_target.astype(np.int64)
+    chosen = [("EER", compute_eer(scores_arr, labels_arr).threshold)]
+    chosen += [
+        (f"FA <= {100 * rate:g}%", threshold_at_fa_rate(scores_arr, labels_arr, rate))
+        for rate in fa_rates
+    ]
+    chosen += [
+        (f"minDCF p_target={p:g}", compute_min_dcf(scores_arr, labels_arr, p_target=p).threshold)
+        for p in p_targets
+    ]
+    points = []
+    for name, threshold in chosen:
+        at = compute_act_dcf(scores_arr, labels_arr, threshold)
+        points.append(OperatingPoint(name, float(threshold), at.false_accept_rate, at.miss_rate))
+    return points

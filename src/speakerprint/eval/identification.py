@@ -38,6 +38,7 @@ __all__ = [
     "OpenSetResult",
     "closed_set_identification",
     "open_set_identification",
+    "open_set_split",
     "speaker_means",
 ]
 
@@ -253,3 +254,49 @@ def open_set_identification(
         num_unknown=int((~known).sum()),
         num_speakers=len(names),
     )
+
+
+def open_set_split(
+    utt_ids: Sequence[str], speakers: Sequence[str], *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split one labelled set for open-set identification: row indices of (enrol, known test,
+    unknown test).
+
+    Half of the speakers (rounded down, at least one) are held out as unknown: all their
+    utterances are impostor tests. Each remaining speaker's utterances, in id order, are split
+    in two: the first half (rounded up) enrols it and the rest are its tests, so enrolment and
+    test recordings never overlap. Which speakers are held out is a seeded choice, independent
+    of the input order.
+
+    Raises:
+        ValueError: fewer than two speakers, or mismatched lengths.
+
+    >>> enrol, known, unknown = open_set_split(["a1", "a2", "b1", "b2"], ["a", "a", "b", "b"])
+    >>> len(enrol), len(known), len(unknown)
+    (1, 1, 2)
+    """
+    if len(utt_ids) != len(speakers):
+        raise ValueError(f"{len(utt_ids)} utterance ids but {len(speakers)} speakers")
+    names = sorted(set(speakers))
+    if len(names) < 2:
+        raise ValueError(f"open-set identification needs two speakers or more, got {len(names)}")
+    rng = np.random.default_rng(seed)
+    held_out = set(rng.permutation(names)[: len(names) // 2].tolist())
+    rows_of: dict[str, list[int]] = {}
+    for row in sorted(range(len(utt_ids)), key=lambda r: utt_ids[r]):
+        rows_of.setdefault(speakers[row], []).append(row)
+    enrol: list[int] = []
+    known: list[int] = []
+    unknown: list[int] = []
+    for name in names:
+        rows = rows_of[name]
+        if name in held_out:
+            unknown += rows
+        else:
+            half = (len(rows) + 1) // 2
+            enrol += rows[:half]
+            known += rows[half:]
+    enrol_rows, known_rows, unknown_rows = (
+        np.asarray(sorted(rows), dtype=np.int64) for rows in (enrol, known, unknown)
+    )
+    return enrol_rows, known_rows, unknown_rows

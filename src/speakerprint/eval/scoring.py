@@ -9,19 +9,23 @@ closed-set identification accuracy over the manifest's utterances.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from speakerprint.data.manifest import Utterance
+from speakerprint.data.manifest import Utterance, raise_problems
 from speakerprint.data.trials import Trial, check_trials_against
 from speakerprint.eval.cache import EmbeddingCache
+from speakerprint.eval.calibration import OperatingPoint, operating_points
 from speakerprint.eval.conditions import FULL, Condition, embed_condition
 from speakerprint.eval.identification import (
     IDENTIFICATION_MODES,
     IdentificationResult,
+    OpenSetResult,
     closed_set_identification,
+    open_set_identification,
+    open_set_split,
 )
 from speakerprint.eval.metrics import (
     DcfResult,
@@ -126,6 +130,12 @@ class EvalResult:
         identification: closed-set results (inclusive, leave-one-out) when asked for, else ().
         num_embedded: utterances embedded by this run (trials, cohort and identification sets).
         num_cached: utterances whose embeddings came from the cache.
+        trials: the trials, in the order of ``scores``.
+        operating_points: the threshold table (EER, false-accept targets, minDCF thresholds)
+            measured on these scores.
+        open_set: open-set identification at the raw-cosine EER threshold, when asked for.
+        num_enrollment_models: multi-utterance enrollment models the trials used (0: every
+            enrolment side is one utterance).
     """
 
     metrics: VerificationMetrics
@@ -137,6 +147,10 @@ class EvalResult:
     identification: tuple[IdentificationResult, ...] = ()
     num_embedded: int = 0
     num_cached: int = 0
+    trials: Sequence[Trial] = ()
+    operating_points: tuple[OperatingPoint, ...] = ()
+    open_set: OpenSetResult | None = None
+    num_enrollment_models: int = 0
 
     def score_means(self) -> dict[str, float]:
         """Mean score of the target and of the non-target trials (Deep Speaker's SAP and SAN
@@ -159,6 +173,9 @@ class EvalResult:
             "condition": self.condition.to_dict(),
             "normalization": self.normalization.to_dict(),
             "identification": [r.to_dict() for r in self.identification],
+            "open_set_identification": None if self.open_set is None else self.open_set.to_dict(),
+            "operating_points": [p.to_dict() for p in self.operating_points],
+            "num_enrollment_models": self.num_enrollment_models,
             "num_embedded": self.num_embedded,
             "num_cached": self.num_cached,
         }
@@ -209,6 +226,9 @@ def evaluate(
     cohort_name: str = "cohort",
     top_k: int | None = None,
     identification: bool = False,
+    open_set: bool = False,
+    enrollment: Mapping[str, Sequence[str]] | None = None,
+    enrollment_path: str = "enrollment map",
 ) -> EvalResult:
     """Embed the utterances the trials use, score the trials, and compute EER and minDCF.
 
@@ -226,9 +246,19 @@ def evaluate(
         top_k: AS-norm's closest cohort speakers; default ``min(DEFAULT_ASNORM_TOP_K, K)``.
         identification: also compute closed-set top-1/top-5 accuracy, inclusive and
             leave-one-out, over all of ``utts`` (so every utterance is embedded).
+        open_set: also compute open-set identification over all of ``utts``: half of the
+            speakers held out as impostors, the others enrolled on half of their utterances
+            (:func:`~speakerprint.eval.identification.open_set_split`), decided at the EER
+            threshold of the raw cosine scores.
+        enrollment: multi-utterance enrollment models, ``{model_id: utterance ids}`` (see
+            :func:`speakerprint.data.trials.read_enrollment`); a trial's enrolment side may name
+            a model, whose embedding is the normalised mean of its utterances' unit embeddings.
+        enrollment_path: the enrollment map's name in error messages.
 
     Raises:
-        ManifestError: a trial names an utterance not in ``utts``.
+        ManifestError: a trial names an utterance not in ``utts`` (or, on its enrolment side,
+            a model not in ``enrollment``), a model lists an utterance not in ``utts``, or a
+            model id is also an utterance id.
         ValueError: an unknown ``norm``, ``norm`` without ``cohort`` or a cohort without
             ``norm``, ``top_k`` with a method other than AS-norm or outside [2, K].
 
@@ -254,12 +284,24 @@ def evaluate(
                 f"top_k must be between 2 and the cohort size ({num_cohort} speakers), got {top_k}"
             )
     by_id = {u.utt_id: u for u in utts}
-    check_trials_against(trials, by_id.keys(), trials_path)
-    needed = sorted({t.enrol for t in trials} | {t.test for t in trials})
-    to_embed = list(by_id.values()) if identification else [by_id[u] for u in needed]
+    models = _check_enrollment(enrollment or {}, by_id, trials, trials_path, enrollment_path)
+    check_trials_against(trials, by_id.keys() | models.keys(), trials_path)
+    used_models = sorted({t.enrol for t in trials if t.enrol in models})
+    needed = sorted(
+        {t.test for t in trials}
+        | {t.enrol for t in trials if t.enrol not in models}
+        | {u for m in used_models for u in models[m]}
+    )
+    everything = identification or open_set
+    to_embed = list(by_id.values()) if everything else [by_id[u] for u in needed]
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     embeddings, num_embedded, num_cached = _embed(bundle, to_embed, condition, cache, **options)
+    embeddings = dict(embeddings)
+    for model in used_models:
+        members = unit_rows(np.stack([embeddings[u] for u in models[model]]).astype(np.float64))
+        embeddings[model] = unit_rows(members.sum(axis=0, keepdims=True))[0]
     scores = cosine_scores(embeddings, trials)
+    raw_scores = scores
 
     normalization = ScoreNormalization()
     if norm != "none":
@@ -308,12 +350,24 @@ def evaluate(
         for p in sorted(set(REPORTED_P_TARGETS) | {float(p_target)})
     )
     identified: tuple[IdentificationResult, ...] = ()
-    if identification:
+    open_set_result = None
+    if everything:
         ids = sorted(by_id)
         matrix = np.stack([embeddings[u] for u in ids])
         speakers = [by_id[u].speaker for u in ids]
+    if identification:
         identified = tuple(
             closed_set_identification(matrix, speakers, mode=mode) for mode in IDENTIFICATION_MODES
+        )
+    if open_set:
+        enrol_rows, known_rows, unknown_rows = open_set_split(ids, speakers)
+        test_rows = np.concatenate([known_rows, unknown_rows])
+        open_set_result = open_set_identification(
+            matrix[enrol_rows],
+            [speakers[r] for r in enrol_rows],
+            matrix[test_rows],
+            [speakers[r] for r in test_rows],
+            threshold=compute_verification_metrics(raw_scores, labels).eer_threshold,
         )
     return EvalResult(
         metrics=metrics,
@@ -325,4 +379,42 @@ def evaluate(
         identification=identified,
         num_embedded=num_embedded,
         num_cached=num_cached,
+        trials=tuple(trials),
+        operating_points=tuple(operating_points(scores, labels)),
+        open_set=open_set_result,
+        num_enrollment_models=len(used_models),
     )
+
+
+def _check_enrollment(
+    models: Mapping[str, Sequence[str]],
+    by_id: Mapping[str, Utterance],
+    trials: Sequence[Trial],
+    trials_path: str,
+    enrollment_path: str,
+) -> dict[str, tuple[str, ...]]:
+    """The enrollment models as tuples, after checking them against the manifest and trials."""
+    problems = []
+    for model, members in models.items():
+        if model in by_id:
+            problems.append(
+                f"{enrollment_path}: model {model!r} is also an utterance id of the manifest, "
+                "so a trial naming it would be ambiguous"
+            )
+        missing = [u for u in members if u not in by_id]
+        if missing:
+            problems.append(
+                f"{enrollment_path}: model {model!r}: {len(missing)} utterance(s) not in the "
+                f"manifest, e.g. {missing[:3]}"
+            )
+        if not members:
+            problems.append(f"{enrollment_path}: model {model!r} has no utterances")
+    raise_problems(enrollment_path, problems, "enrollment map")
+    test_models = [
+        f"{trials_path}: trial {n}: the test side {t.test!r} is an enrollment model, not an "
+        "utterance"
+        for n, t in enumerate(trials, start=1)
+        if t.test in models
+    ]
+    raise_problems(trials_path, test_models, "trial list")
+    return {model: tuple(members) for model, members in models.items()}

@@ -21,7 +21,7 @@ from speakerprint.errors import BundleError
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
-from speakerprint.utils.io import atomic_dir
+from speakerprint.utils.io import atomic_dir, atomic_write_text
 
 BUNDLE_FORMAT = "speakerprint-bundle"
 BUNDLE_VERSION = 1
@@ -44,6 +44,8 @@ class Bundle:
     fbank: Fbank
     threshold: Threshold | None = None
     info: dict[str, Any] = field(default_factory=dict)  # training data, steps, metrics: free text
+    # Score -> LLR map fitted on trials (speakerprint.eval.calibration.Calibration.to_dict()).
+    calibration: dict[str, Any] | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -179,10 +181,35 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     encoder.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True
     )
-    threshold = Threshold(**config["threshold"]) if config.get("threshold") else None
+    try:
+        threshold = Threshold(**config["threshold"]) if config.get("threshold") else None
+    except TypeError as e:
+        raise BundleError(f"model bundle {path}: bad threshold in {CONFIG_FILE}: {e}") from None
     return Bundle(
         encoder=encoder.eval().to(device),
         fbank=fbank.eval().to(device),
         threshold=threshold,
         info=config.get("info", {}),
+        calibration=config.get("calibration"),
     )
+
+
+def set_bundle_decision(
+    path: str | os.PathLike,
+    threshold: Threshold,
+    calibration: dict[str, Any] | None = None,
+) -> None:
+    """Replace a bundle's decision threshold (and score calibration) in its ``config.json``.
+
+    Only ``config.json`` is rewritten, atomically; the weights, and so the bundle's embeddings
+    and its fingerprint, stay as they are. ``calibration=None`` removes an old calibration,
+    which was fitted on other trials than the new threshold.
+
+    Raises:
+        BundleError: the folder is not a readable bundle.
+    """
+    path = Path(path)
+    config = read_bundle_config(path)
+    config["threshold"] = vars(threshold).copy()
+    config["calibration"] = calibration
+    atomic_write_text(path / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
