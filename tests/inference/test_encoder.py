@@ -1,12 +1,14 @@
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from speakerprint.audio import load_audio, resample
-from speakerprint.errors import BundleError
+from speakerprint.audio import AudioLoadError, load_audio, resample
+from speakerprint.errors import BundleError, ConfigError
+from speakerprint.eval.cache import bundle_fingerprint
 from speakerprint.features import FbankConfig
 from speakerprint.inference import SpeakerEncoder
 from speakerprint.models import create_model
@@ -117,3 +119,106 @@ def test_verify_uses_the_measured_threshold(tmp_path, wav_files):
     assert result.same_speaker == (result.score >= 0.25)
     assert enc.verify(wav_files[0], wav_files[0]).score == pytest.approx(1.0, abs=1e-5)
     assert enc.verify(wav_files[0], wav_files[1], threshold=-1.0).same_speaker
+
+
+def _small_encoder(tmp_path, **kwargs):
+    return SpeakerEncoder.from_pretrained(
+        save_bundle(tmp_path / "b", _small_model(), FbankConfig(), **kwargs)
+    )
+
+
+def test_embed_batch_of_a_list_ignores_padding(tmp_path, wav_files):
+    enc = _small_encoder(tmp_path)
+    short = load_audio(wav_files[0])[:8000]  # 0.5 s, padded to the longest in the batch
+    longer = [load_audio(f) for f in wav_files[1:]]
+    batched = enc.embed_batch([short, *longer])
+    assert batched.shape == (3, 24) and batched.dtype == np.float32
+    assert np.abs(batched[0] - enc.embed(short)).max() < 1e-4
+    np.testing.assert_allclose(batched[2], enc.embed(longer[1]), atol=1e-4)
+    assert enc.embed_batch([]).shape == (0, 24)
+    with pytest.raises(ValueError, match="lengths"):
+        enc.embed_batch(torch.zeros(2, 100), torch.tensor([50, 101]))
+    with pytest.raises(ValueError, match="lengths are implied"):
+        enc.embed_batch([short], [len(short)])
+
+
+def test_embed_file_windows_and_times(tmp_path, wav_files):
+    enc = _small_encoder(tmp_path)
+    wav = np.concatenate([load_audio(f) for f in wav_files])[: 7 * 16000]  # exactly 7.0 s
+    segs = enc.embed_file(wav, window_s=3.0, hop_s=1.5)
+    # Regular windows at 0, 1.5, 3.0 s; 4.5 s would overrun, so one more window ends at 7.0 s.
+    np.testing.assert_allclose(segs.starts_s, [0.0, 1.5, 3.0, 4.0])
+    np.testing.assert_allclose(segs.ends_s, [3.0, 4.5, 6.0, 7.0])
+    assert len(segs) == 4 and segs.embeddings.shape == (4, 24)
+    for emb, start, end in zip(segs.embeddings, segs.starts_s, segs.ends_s):
+        alone = enc.embed(wav[round(start * 16000) : round(end * 16000)])
+        np.testing.assert_allclose(emb, alone, atol=1e-4)
+    # Windows differ: they are not all the same embedding.
+    assert SpeakerEncoder.score(segs.embeddings[0], segs.embeddings[2]) < 0.9999
+
+    # Shorter than one window: one window, the whole recording; a file path works the same.
+    one = enc.embed_file(wav_files[0], window_s=60.0, hop_s=30.0)
+    assert len(one) == 1 and one.starts_s[0] == 0.0
+    assert one.ends_s[0] == pytest.approx(len(load_audio(wav_files[0])) / 16000)
+    np.testing.assert_allclose(one.embeddings[0], enc.embed(wav_files[0]), atol=1e-4)
+
+    # Another sample rate: times stay in seconds of the recording.
+    at_8k = enc.embed_file(resample(wav, 16000, 8000), sample_rate=8000, window_s=3.0, hop_s=1.5)
+    np.testing.assert_allclose(at_8k.ends_s, segs.ends_s)
+
+
+def test_embed_file_rejects_bad_options(tmp_path, wav_files):
+    enc = _small_encoder(tmp_path)
+    for kwargs in ({"window_s": 0.0}, {"hop_s": -1.0}, {"window_s": float("nan")}):
+        with pytest.raises(ConfigError, match="positive"):
+            enc.embed_file(wav_files[0], **kwargs)
+    with pytest.raises(ConfigError, match="webrtc"):
+        enc.embed_file(wav_files[0], vad="webrtc")
+    with pytest.raises(ConfigError, match="vad must be"):
+        enc.embed_file(wav_files[0], vad=3)
+    with pytest.raises(AudioLoadError, match="nope.wav"):
+        enc.embed_file(tmp_path / "nope.wav")
+
+
+def test_embed_file_vad_without_the_vad_module_is_a_clear_error(tmp_path, wav_files, monkeypatch):
+    enc = _small_encoder(tmp_path)
+    monkeypatch.setitem(sys.modules, "speakerprint.audio.vad", None)  # import now fails
+    with pytest.raises(ConfigError, match=r"speakerprint\.audio\.vad"):
+        enc.embed_file(wav_files[0], vad="energy")
+
+
+def test_embed_file_with_vad_windows_only_speech(tmp_path, wav_files):
+    pytest.importorskip("speakerprint.audio.vad")
+    enc = _small_encoder(tmp_path)
+    speech = [load_audio(f) for f in wav_files[:2]]
+    silence = [np.zeros(n, dtype=np.float32) for n in (24000, 32000, 16000)]  # 1.5, 2, 1 s
+    wav = np.concatenate([silence[0], speech[0], silence[1], speech[1], silence[2]])
+    first = (24000, 24000 + len(speech[0]))
+    second = (first[1] + 32000, first[1] + 32000 + len(speech[1]))
+    segs = enc.embed_file(wav, window_s=1.0, hop_s=0.5, vad="energy")
+    assert len(segs) >= 4
+    # Every window lies inside one of the two speech stretches (give or take the VAD's padding
+    # and frame resolution), and both stretches get windows.
+    slack_s = 0.2
+    inside = [
+        any(a / 16000 - slack_s <= s and e <= b / 16000 + slack_s for a, b in (first, second))
+        for s, e in zip(segs.starts_s, segs.ends_s)
+    ]
+    assert all(inside), list(zip(segs.starts_s, segs.ends_s))
+    # (The recordings have quiet lead-ins of their own, so speech starts after the 1.5 s.)
+    assert (segs.ends_s <= second[0] / 16000).any() and (segs.starts_s >= first[1] / 16000).any()
+    nothing = enc.embed_file(np.zeros(48000, dtype=np.float32), vad="energy")
+    assert len(nothing) == 0 and nothing.embeddings.shape == (0, 24)
+
+
+def test_fingerprint_is_the_bundle_fingerprint(tmp_path):
+    enc = _small_encoder(tmp_path)
+    assert enc.fingerprint == bundle_fingerprint(tmp_path / "b")
+    other = save_bundle(
+        tmp_path / "c",
+        create_model("ecapa_tdnn", channels=32, mfa_channels=96, embed_dim=24),
+        FbankConfig(),
+    )
+    assert SpeakerEncoder.from_pretrained(other).fingerprint != enc.fingerprint
+    with pytest.raises(BundleError, match="from_pretrained"):
+        SpeakerEncoder(load_bundle(other)).fingerprint  # noqa: B018

@@ -382,30 +382,6 @@ def _encoder(model: Path | None):
 
 @app.command()
 @_clean_errors
-def embed(
-    files: Annotated[list[Path], typer.Argument(help="Audio files")],
-    out: Annotated[Path, typer.Option(help="Output .npz; its keys are the paths as given")],
-    model: Annotated[
-        Path | None, typer.Option(help="Model bundle (default: the shipped model)")
-    ] = None,
-) -> None:
-    """Embed audio files into an .npz archive."""
-    import io
-
-    import numpy as np
-
-    from speakerprint.utils.io import atomic_write_bytes
-
-    enc = _encoder(model)
-    embeddings = {str(f): enc.embed(f) for f in files}
-    buffer = io.BytesIO()
-    np.savez(buffer, **embeddings)
-    atomic_write_bytes(out, buffer.getvalue())
-    typer.echo(f"wrote {len(embeddings)} embeddings of dimension {enc.embed_dim} to {out}")
-
-
-@app.command()
-@_clean_errors
 def verify(
     a: Annotated[Path, typer.Argument(help="First recording")],
     b: Annotated[Path, typer.Argument(help="Second recording")],
@@ -446,6 +422,8 @@ def models() -> None:
 # fmt: off
 # isort: off
 from speakerprint.cli import evaluation  # noqa: E402,F401
+from speakerprint.cli import embed  # noqa: E402,F401
+from speakerprint.cli import store  # noqa: E402,F401
 # isort: on
 # fmt: on
 

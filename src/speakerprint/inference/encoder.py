@@ -1,8 +1,14 @@
-"""A small inference interface: load a bundle, embed audio, verify two recordings."""
+"""A small inference interface: load a bundle, embed audio, verify two recordings.
+
+Three ways in, one embedding function underneath (:meth:`Bundle.embed_batch`, which masks padding):
+:meth:`SpeakerEncoder.embed` for one recording, :meth:`SpeakerEncoder.embed_batch` for many,
+:meth:`SpeakerEncoder.embed_file` for a long recording cut into overlapping windows.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +16,7 @@ import numpy as np
 import torch
 
 from speakerprint.audio import load_audio, resample
-from speakerprint.errors import BundleError
+from speakerprint.errors import BundleError, ConfigError
 from speakerprint.models.bundle import Bundle, load_bundle
 
 #: The model that ships with the package (see README: ECAPA-TDNN C=512 trained on the 100 training
@@ -40,6 +46,24 @@ class VerificationResult:
         }
 
 
+@dataclass(frozen=True)
+class SegmentEmbeddings:
+    """Embeddings of the windows of one recording, in time order.
+
+    Attributes:
+        embeddings: (N, embed_dim) float32, not length-normalised; N is 0 when VAD found no speech.
+        starts_s: (N,) float64, start of each window in seconds from the start of the recording.
+        ends_s: (N,) float64, end of each window in seconds.
+    """
+
+    embeddings: np.ndarray
+    starts_s: np.ndarray
+    ends_s: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts_s)
+
+
 class SpeakerEncoder:
     """Speaker embeddings and verification from a model bundle.
 
@@ -49,8 +73,11 @@ class SpeakerEncoder:
     True
     """
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, *, path: str | os.PathLike | None = None) -> None:
         self.bundle = bundle
+        #: The bundle folder this encoder was loaded from (None when built from a Bundle object).
+        self.path = None if path is None else Path(path)
+        self._fingerprint: str | None = None
         bundle.encoder.eval()
         bundle.fbank.eval()
 
@@ -66,7 +93,7 @@ class SpeakerEncoder:
                     f"the default model is not installed at {path}; pass a bundle path "
                     "(a run folder's bundle/ from `speakerprint train`)"
                 )
-        return cls(load_bundle(path, device=device))
+        return cls(load_bundle(path, device=device), path=path)
 
     @property
     def sample_rate(self) -> int:
@@ -75,6 +102,25 @@ class SpeakerEncoder:
     @property
     def embed_dim(self) -> int:
         return self.bundle.encoder.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bundle.encoder.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the bundle's weights and model config (:func:`bundle_fingerprint`): two
+        encoders with the same fingerprint give the same embeddings, so stores can check it."""
+        if self._fingerprint is None:
+            if self.path is None:
+                raise BundleError(
+                    "this encoder was built from a Bundle object, not loaded from a folder, so "
+                    "it has no fingerprint: load it with SpeakerEncoder.from_pretrained(path)"
+                )
+            from speakerprint.eval.cache import bundle_fingerprint
+
+            self._fingerprint = bundle_fingerprint(self.path)
+        return self._fingerprint
 
     def _waveform(self, audio: AudioInput, sample_rate: int | None) -> np.ndarray:
         if isinstance(audio, (str, os.PathLike)):
@@ -97,9 +143,114 @@ class SpeakerEncoder:
         wav = torch.from_numpy(self._waveform(audio, sample_rate))[None]
         return self.bundle.embed_batch(wav).cpu().numpy()[0]
 
-    def embed_batch(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> np.ndarray:
-        """Embeddings of zero-padded waveforms (B, N) at the model's rate; lengths (B,) samples."""
+    def embed_batch(
+        self,
+        wavs: torch.Tensor | np.ndarray | Sequence[np.ndarray | torch.Tensor],
+        lengths: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Embeddings of many waveforms at the model's rate: (B, embed_dim) float32.
+
+        ``wavs`` is either a zero-padded batch (B, N) with ``lengths`` (B,) the valid samples of
+        each row (None: every row is full), or a list of mono waveforms of any lengths, which are
+        padded here. Padding never changes an embedding: row i equals ``embed(wavs[i][:lengths[i]])``
+        up to float rounding.
+
+        >>> enc.embed_batch([wav_a, wav_b]).shape  # doctest: +SKIP
+        (2, 192)
+        """
+        if isinstance(wavs, (list, tuple)):
+            if lengths is not None:
+                raise ValueError("lengths are implied by a list of waveforms: pass lengths=None")
+            if not wavs:
+                return np.zeros((0, self.embed_dim), dtype=np.float32)
+            rows = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in wavs]
+            if any(r.dim() != 1 for r in rows):
+                raise ValueError("expected mono waveforms of shape (samples,)")
+            lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+            batch = torch.zeros(len(rows), int(lengths.max()))
+            for i, r in enumerate(rows):
+                batch[i, : len(r)] = r
+            wavs = batch
+        wavs = torch.as_tensor(wavs, dtype=torch.float32)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.int64)
+            if lengths.shape != (wavs.shape[0],) or bool((lengths > wavs.shape[-1]).any()):
+                raise ValueError(
+                    f"lengths must be (batch,) = ({wavs.shape[0]},) samples, none above the "
+                    f"padded length {wavs.shape[-1]}; got {lengths.tolist()}"
+                )
         return self.bundle.embed_batch(wavs, lengths).cpu().numpy()
+
+    def embed_file(
+        self,
+        audio: AudioInput,
+        *,
+        window_s: float = 3.0,
+        hop_s: float = 1.5,
+        vad: str | Callable | None = None,
+        sample_rate: int | None = None,
+        batch_size: int = 16,
+    ) -> SegmentEmbeddings:
+        """Embeddings of overlapping windows of a (long) recording, with their times.
+
+        Windows of ``window_s`` seconds start every ``hop_s`` seconds; when the last regular
+        window stops short of the end, one more window is aligned to the end, so every sample is
+        covered. A recording (or speech region) shorter than one window gives one window of its
+        own length. With ``vad`` ("energy" or "silero"), windows are laid over the detected
+        speech regions only, and a recording without speech gives no windows (N = 0). The whole
+        recording is decoded into memory (about 230 MB per hour at 16 kHz).
+
+        Args:
+            audio: a file path or a mono waveform (see :meth:`embed`).
+            window_s: window length in seconds.
+            hop_s: distance between window starts in seconds (gaps appear if above window_s).
+            vad: None; "energy" or "silero" (:func:`speakerprint.audio.vad.make_vad`); or a
+                detector such as ``EnergyVad(min_silence_s=0.5)``: ``vad(wav, sample_rate)``
+                returning segments with ``start_s`` and ``end_s``.
+            sample_rate: the waveform's rate, for array input.
+            batch_size: windows per forward pass.
+
+        >>> segs = enc.embed_file("meeting.m4a", window_s=2.0, hop_s=1.0)  # doctest: +SKIP
+        >>> segs.embeddings.shape, segs.starts_s[:3], segs.ends_s[:3]  # doctest: +SKIP
+        ((3599, 192), array([0., 1., 2.]), array([2., 3., 4.]))
+        """
+        for name, value in (("window_s", window_s), ("hop_s", hop_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+            if value * self.sample_rate < 1:
+                raise ConfigError(f"{name}={value} is shorter than one sample")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        detector = None if vad is None else _vad_detector(vad)
+        wav = self._waveform(audio, sample_rate)
+        regions = [(0, len(wav))] if detector is None else self._speech_regions(wav, detector)
+        window = round(window_s * self.sample_rate)
+        hop = round(hop_s * self.sample_rate)
+        spans = [w for start, end in regions for w in _windows(start, end, window, hop)]
+        embeddings = np.zeros((len(spans), self.embed_dim), dtype=np.float32)
+        wav_t = torch.from_numpy(wav)
+        for first in range(0, len(spans), batch_size):
+            chunk = spans[first : first + batch_size]
+            embeddings[first : first + len(chunk)] = self.embed_batch(
+                [wav_t[s:e] for s, e in chunk]
+            )
+        bounds = np.asarray(spans, dtype=np.float64).reshape(-1, 2) / self.sample_rate
+        return SegmentEmbeddings(embeddings, bounds[:, 0].copy(), bounds[:, 1].copy())
+
+    def _speech_regions(self, wav: np.ndarray, detector: Callable) -> list[tuple[int, int]]:
+        """Speech regions as (start, end) samples of ``wav``."""
+        try:
+            segments = detector(wav, self.sample_rate)
+        except ImportError as e:  # silero-vad not installed: the message names the extra
+            raise ConfigError(str(e)) from None
+        spans = [
+            (
+                max(0, round(seg.start_s * self.sample_rate)),
+                min(len(wav), round(seg.end_s * self.sample_rate)),
+            )
+            for seg in segments
+        ]
+        return [(start, end) for start, end in spans if end > start]
 
     @staticmethod
     def score(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
@@ -135,3 +286,33 @@ class SpeakerEncoder:
             same_speaker=score >= threshold,
             threshold_source=source,
         )
+
+
+def _vad_detector(vad: str | Callable) -> Callable:
+    """A VAD method's name -> its detector (:mod:`speakerprint.audio.vad`); a detector as is."""
+    if not isinstance(vad, str):
+        if not callable(vad):
+            raise ConfigError(f"vad must be None, 'energy', 'silero' or a VAD object, got {vad!r}")
+        return vad
+    try:
+        from speakerprint.audio.vad import make_vad
+    except ImportError:
+        raise ConfigError(
+            f"vad={vad!r} needs the module speakerprint.audio.vad, which this installation "
+            "does not have; use vad=None"
+        ) from None
+    try:
+        return make_vad(vad)
+    except ValueError as e:
+        raise ConfigError(f"vad: {e}") from None
+
+
+def _windows(start: int, end: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """(start, end) sample spans of the windows over [start, end): regular ones every ``hop``,
+    plus one aligned to ``end`` when the regular ones stop short of it."""
+    if end - start <= window:
+        return [(start, end)] if end > start else []
+    spans = [(s, s + window) for s in range(start, end - window + 1, hop)]
+    if spans[-1][1] < end:
+        spans.append((end - window, end))
+    return spans

@@ -1,0 +1,124 @@
+"""Enrollment store commands: enroll, identify, speakers, remove (see speakerprint.inference.store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from speakerprint.cli.main import _clean_errors, app
+
+_MODEL_HELP = "Model bundle (default: the model the store was made with, else the shipped model)"
+
+
+def _store_model(db: Path, model: Path | None) -> Path | None:
+    """The bundle to use with store ``db``: the one given, else the one recorded in the store
+    (when it is still there), else None (the shipped model). The fingerprint check decides."""
+    if model is not None or not db.is_file():
+        return model
+    from speakerprint.inference.store import EnrollmentStore
+
+    with EnrollmentStore.open(db) as store:
+        recorded = store.model_path
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
+
+
+@app.command()
+@_clean_errors
+def enroll(
+    db: Annotated[Path, typer.Argument(help="Enrollment store (SQLite file; made if missing)")],
+    name: Annotated[str, typer.Argument(help="Speaker name")],
+    files: Annotated[list[Path], typer.Argument(help="Enrollment recordings of the speaker")],
+    model: Annotated[Path | None, typer.Option(help=_MODEL_HELP)] = None,
+) -> None:
+    """Add recordings of a speaker to an enrollment store (creating the store if needed)."""
+    from speakerprint.inference import SpeakerEncoder
+    from speakerprint.inference.store import EnrollmentStore
+
+    enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
+    # Embed everything before opening the store: a bad file leaves the store untouched.
+    embeddings = [enc.embed(f) for f in files]
+    with EnrollmentStore.open(
+        db,
+        model_fingerprint=enc.fingerprint,
+        embed_dim=enc.embed_dim,
+        model_path=str(enc.path.resolve()) if enc.path is not None else None,
+        create=True,
+    ) as store:
+        total = store.enroll(
+            name, embeddings, sources=[str(f) for f in files], model_fingerprint=enc.fingerprint
+        )
+    typer.echo(f"enrolled {name}: {len(files)} new recording(s), {total} in all, in {db}")
+
+
+@app.command()
+@_clean_errors
+def identify(
+    db: Annotated[Path, typer.Argument(help="Enrollment store")],
+    file: Annotated[Path, typer.Argument(help="Recording of the speaker to identify")],
+    top_k: Annotated[int, typer.Option(help="Candidates to list")] = 5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Lowest score accepted as a known speaker (default: the bundle's)"),
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help=_MODEL_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Say which enrolled speaker a recording is, or "unknown" when none scores high enough."""
+    from speakerprint.errors import BundleError, ConfigError
+    from speakerprint.inference import SpeakerEncoder
+    from speakerprint.inference.store import EnrollmentStore
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    with EnrollmentStore.open(db) as store:
+        enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
+        store.check_model(enc.fingerprint)
+        if threshold is None:
+            measured = enc.bundle.threshold
+            if measured is None:
+                raise BundleError("the model has no measured threshold: pass --threshold")
+            threshold, source = measured.value, f"{measured.method} on {measured.measured_on}"
+        else:
+            source = "given"
+        result = store.identify(
+            enc.embed(file), threshold=threshold, model_fingerprint=enc.fingerprint, top_k=top_k
+        )
+    if json_:
+        payload = {"file": str(file), **result.to_dict(), "threshold_source": source}
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    verdict = result.speaker if result.known else "unknown"
+    lines = [f"{verdict}: best score {result.score:.4f}, threshold {threshold:.4f} ({source})"]
+    lines += [f"  {i}. {n}  {s:.4f}" for i, (n, s) in enumerate(result.candidates, start=1)]
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+@_clean_errors
+def speakers(db: Annotated[Path, typer.Argument(help="Enrollment store")]) -> None:
+    """List the speakers of an enrollment store with their number of recordings."""
+    from speakerprint.inference.store import EnrollmentStore
+
+    with EnrollmentStore.open(db) as store:
+        entries = store.speakers()
+        model_path = store.model_path
+    lines = [f"{e.name}\t{e.num_embeddings}" for e in entries]
+    lines.append(f"{len(entries)} speaker(s) in {db} (model: {model_path or 'not recorded'})")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+@_clean_errors
+def remove(
+    db: Annotated[Path, typer.Argument(help="Enrollment store")],
+    name: Annotated[str, typer.Argument(help="Speaker to remove")],
+) -> None:
+    """Remove a speaker and all its recordings from an enrollment store."""
+    from speakerprint.inference.store import EnrollmentStore
+
+    with EnrollmentStore.open(db) as store:
+        count = store.remove(name)
+    typer.echo(f"removed {name} ({count} recording(s)) from {db}")
