@@ -422,8 +422,10 @@ def models() -> None:
 # fmt: off
 # isort: off
 from speakerprint.cli import evaluation  # noqa: E402,F401
+from speakerprint.cli import export  # noqa: E402,F401
 from speakerprint.cli import embed  # noqa: E402,F401
 from speakerprint.cli import store  # noqa: E402,F401
+from speakerprint.cli import corpora  # noqa: E402,F401
 # isort: on
 # fmt: on
 

@@ -63,7 +63,10 @@ class CropDataset(Dataset):
         max_start = max(utt.duration_s - self.crop_s, 0.0)
         start_s = float(rng.uniform(0.0, max_start)) if max_start > 0 else 0.0
         wav = load_audio(
-            utt.path, self.sample_rate, start_s=start_s, duration_s=min(self.crop_s, utt.duration_s)
+            utt.path,
+            self.sample_rate,
+            start_s=(utt.offset_s or 0.0) + start_s,  # a segment's crop stays inside it
+            duration_s=min(self.crop_s, utt.duration_s),
         )
         return fit_to_length(wav, self.crop_samples), self.speaker_to_label[utt.speaker]
 
@@ -235,6 +238,8 @@ class UtteranceDataset(Dataset):
 
     ``windows`` lists ``(utterance index, start_s, duration_s or None for "to the end")``; by
     default there is one window per utterance, the whole of it. ``index`` indexes the windows.
+    Times are within the utterance: for a segment (``offset_s`` set) they count from its start,
+    and "to the end" means to the end of the segment.
     """
 
     def __init__(
@@ -255,8 +260,13 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         utt_index, start_s, duration_s = self.windows[index]
-        path = self.utts[utt_index].path
-        return load_audio(path, self.sample_rate, start_s=start_s, duration_s=duration_s), index
+        utt = self.utts[utt_index]
+        if utt.offset_s is not None:
+            if duration_s is None:
+                duration_s = utt.duration_s - start_s  # load_audio refuses one <= 0
+            start_s += utt.offset_s
+        wav = load_audio(utt.path, self.sample_rate, start_s=start_s, duration_s=duration_s)
+        return wav, index
 
 
 def length_sorted_batches(durations: Sequence[float], batch_size: int) -> list[list[int]]:

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from speakerprint.augment.config import AugmentConfig
 from speakerprint.errors import ConfigError
 from speakerprint.features import FbankConfig
 from speakerprint.utils.io import atomic_write_text
@@ -92,6 +93,9 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     bundle_dtype: Literal["float32", "float16"] = "float32"
     freeze_encoder: bool = False  # train only the loss head (encoder in eval mode, no gradients)
+    # A step whose loss or gradient norm is NaN/Inf is skipped (no update); this many in a row
+    # stop the run with an error.
+    max_bad_steps_in_a_row: int = 10
 
 
 @dataclass
@@ -103,6 +107,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # off unless set
 
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:

@@ -1,0 +1,81 @@
+"""Time ``read_manifest`` on a synthetic manifest of many utterances (1,000,000 by default).
+
+Prints the file size, the seconds taken to read and check every line, and the peak memory:
+the process's peak resident set (``resource``), and with ``--trace`` also the peak of Python
+allocations during a second read (``tracemalloc``, which slows the read several-fold, so it is
+not timed). The manifest mixes whole files and VAD segments (``offset_s``) and relative and
+absolute paths, as prepared corpora do.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/manifest_load.py --num-utts 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from speakerprint.data.manifest import read_manifest
+
+
+def write_synthetic(path: Path, num_utts: int) -> None:
+    """``num_utts`` lines in VoxCeleb-like naming: 1,000 speakers, every tenth entry a segment."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(num_utts):
+            speaker = f"id{10000 + i % 1000:05d}"
+            utt_id = f"{speaker}/video{i // 1000:05d}/{i % 1000:05d}.wav"
+            record = {
+                "utt_id": utt_id,
+                "path": utt_id if i % 2 else f"/data/vox/{utt_id}",
+                "speaker": speaker,
+                "duration_s": 2.0 + (i % 997) / 100,
+                "sample_rate": 16000,
+            }
+            if i % 10 == 0:
+                record["utt_id"] += f"@{i % 7}.00-{i % 7 + 2}.00"
+                record["offset_s"] = float(i % 7)
+            f.write(json.dumps(record) + "\n")
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-utts", type=int, default=1_000_000)
+    parser.add_argument("--trace", action="store_true", help="also measure with tracemalloc")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synthetic.jsonl"
+        start = time.perf_counter()
+        write_synthetic(path, args.num_utts)
+        write_s = time.perf_counter() - start
+        size_mib = path.stat().st_size / 2**20
+        print(f"wrote {args.num_utts:,} lines ({size_mib:.0f} MiB) in {write_s:.1f} s")
+        rss_before = _peak_rss_mib()
+        start = time.perf_counter()
+        utts = read_manifest(path)
+        read_s = time.perf_counter() - start
+        assert len(utts) == args.num_utts
+        print(f"read_manifest: {read_s:.2f} s ({1e6 * read_s / args.num_utts:.2f} us per line)")
+        print(f"peak RSS: {_peak_rss_mib():.0f} MiB (before reading: {rss_before:.0f} MiB)")
+        if args.trace:
+            del utts
+            gc.collect()
+            tracemalloc.start()
+            utts = read_manifest(path)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            print(f"tracemalloc peak during read_manifest: {peak / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""``speakerprint export``: a bundle to ONNX (optionally int8) or TorchScript, with a sidecar JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from speakerprint.cli.main import _clean_errors, app
+
+
+@app.command("export")
+@_clean_errors
+def export_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
+    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript")],
+    out: Annotated[Path, typer.Option("--out", help="The model file (.onnx or .pt)")],
+    with_features: Annotated[
+        bool,
+        typer.Option(
+            "--with-features",
+            help="Take waveforms (fbank inside the model) instead of fbank frames; needed for "
+            "inference without torch",
+        ),
+    ] = False,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: dynamic int8 quantisation (ONNX only)")
+    ] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17)")] = None,
+) -> None:
+    """Export a bundle to ONNX or TorchScript; writes OUT and its sidecar OUT.json (sample rate,
+    input kind, embedding size, the bundle's fingerprint and threshold)."""
+    import tempfile
+
+    from speakerprint.errors import ConfigError
+    from speakerprint.export import (
+        DEFAULT_OPSET,
+        export_onnx,
+        export_torchscript,
+        quantize_onnx_int8,
+    )
+    from speakerprint.onnx_runtime import sidecar_path
+
+    if format_ not in ("onnx", "torchscript"):
+        raise ConfigError(f"--format must be onnx or torchscript, got {format_!r}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize must be int8, got {quantize!r}")
+    if quantize is not None and format_ != "onnx":
+        raise ConfigError("--quantize int8 applies to --format onnx only")
+    if opset is not None and format_ != "onnx":
+        raise ConfigError("--opset applies to --format onnx only")
+    if format_ == "torchscript":
+        export_torchscript(bundle, out, with_features=with_features)
+    elif quantize is None:
+        export_onnx(bundle, out, with_features=with_features, opset=opset or DEFAULT_OPSET)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            export_onnx(bundle, fp32, with_features=with_features, opset=opset or DEFAULT_OPSET)
+            quantize_onnx_int8(fp32, out)
+    kind = "waveform" if with_features else "fbank features"
+    typer.echo(
+        f"wrote {out} ({format_}{', int8' if quantize else ''}, input: {kind}; "
+        f"{out.stat().st_size / 1e6:.1f} MB) and {sidecar_path(out)}"
+    )

@@ -1,0 +1,171 @@
+"""ONNX export of a bundle or an encoder, and int8 dynamic quantisation of the result.
+
+Uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): torch 2.13's
+default dynamo exporter needs the ``onnxscript`` package, which the ``[onnx]`` extra does not
+install, while the TorchScript-based one needs nothing beyond torch and exports every registered
+family but the LSTM d-vector (ONNX's LSTM has no projection, and LSTMP is the GE2E model). It traces
+the model once; the batch and time axes are left dynamic (``dynamic_axes``), and the tests hold
+onnxruntime's output to eager torch for several batch sizes and lengths, padded batches included.
+Features inside the graph use :class:`~speakerprint.export.features.ExportFbank` (the exporter
+cannot export ``rfft`` or a dynamic ``unfold``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from speakerprint.errors import BundleError
+from speakerprint.export.common import Source, resolve_source, write_sidecar
+from speakerprint.features import FbankConfig
+from speakerprint.onnx_runtime import read_sidecar
+from speakerprint.utils.io import atomic_write_bytes
+
+__all__ = ["DEFAULT_OPSET", "export_onnx", "quantize_onnx_int8"]
+
+#: Opset 17: supported by onnxruntime >= 1.14 and by every operator these graphs use.
+DEFAULT_OPSET = 17
+
+_FEATURE_SCOPE = "/fbank/"  # node-name prefix of the features inside a with-features graph
+
+
+def _import_onnx_tools():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "ONNX export needs onnx and onnxruntime: pip install 'speakerprint[onnx]'"
+        ) from e
+
+
+def export_onnx(
+    bundle_or_model: Source,
+    path: str | os.PathLike,
+    *,
+    with_features: bool,
+    opset: int = DEFAULT_OPSET,
+    fbank_config: FbankConfig | None = None,
+) -> Path:
+    """Write an ONNX model and its sidecar JSON (``path + '.json'``).
+
+    Args:
+        bundle_or_model: a bundle folder (the sidecar then records its fingerprint and
+            threshold), a loaded :class:`~speakerprint.models.bundle.Bundle`, or an encoder.
+        path: the ``.onnx`` file, written atomically.
+        with_features: ``True``: inputs ``wav`` (B, N) float32 in [-1, 1] and ``lengths`` (B,)
+            int64 samples, each at least the sidecar's ``min_samples``; fbank and mean
+            normalisation run inside the graph. ``False``: inputs ``feats`` (B, T, F) and
+            ``lengths`` (B,) int64 frames. Output ``emb`` (B, D) float32 either way.
+        opset: ONNX opset version.
+        fbank_config: features of a bare encoder (default: ``FbankConfig`` with the encoder's
+            ``feat_dim`` mel bins); bundles carry their own.
+
+    Returns:
+        ``path``.
+
+    >>> export_onnx("runs/x/bundle", "x.onnx", with_features=True)  # doctest: +SKIP
+    PosixPath('x.onnx')
+    """
+    _import_onnx_tools()
+    source = resolve_source(bundle_or_model, fbank_config)
+    if source.encoder.family == "lstm_dvector":
+        raise BundleError(
+            "the LSTM d-vector does not export to ONNX: ONNX's LSTM operator has no projection "
+            "(LSTMP); use --format torchscript"
+        )
+    module = source.module(with_features)
+    generator = torch.Generator().manual_seed(0)
+    if with_features:
+        # Long enough for every family's minimum, and two rows of different lengths so that the
+        # trace records the masking as it is used on padded batches.
+        num_samples = max(source.min_samples, source.fbank.config.sample_rate)
+        inputs = (
+            0.1 * torch.randn(2, num_samples, generator=generator),
+            torch.tensor([num_samples, num_samples - source.fbank.config.window_shift * 3]),
+        )
+        names, time_axis = ["wav", "lengths"], "samples"
+    else:
+        num_frames = max(source.encoder.min_frames, 64)
+        inputs = (
+            torch.randn(2, num_frames, source.encoder.feat_dim, generator=generator),
+            torch.tensor([num_frames, num_frames - 3]),
+        )
+        names, time_axis = ["feats", "lengths"], "frames"
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracer warnings about Python ints from tensor shapes: those values are recomputed from
+        # the dynamic shapes in the graph, which the parity tests check.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=names,
+            output_names=["emb"],
+            dynamic_axes={
+                names[0]: {0: "batch", 1: time_axis},
+                "lengths": {0: "batch"},
+                "emb": {0: "batch"},
+            },
+            do_constant_folding=True,
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    write_sidecar(path, source.sidecar("onnx", with_features, opset=opset, quantization=None))
+    return path
+
+
+class _DropPreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_onnx_int8(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Dynamic int8 quantisation (onnxruntime) of an exported model, with its sidecar.
+
+    Weights of the encoder's Conv, MatMul and Gemm nodes become int8; activations are quantised
+    per batch at run time. The features (DFT basis, mel filters) stay float32: their inputs span
+    many orders of magnitude, and int8 would wreck the log-mel values.
+
+    Returns:
+        ``path``; its sidecar is the source's with ``"quantization": "int8-dynamic"``.
+    """
+    _import_onnx_tools()
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, path = Path(source), Path(path)
+    meta = read_sidecar(source)
+    if meta.get("model_format") != "onnx":
+        raise BundleError(f"{source} is a {meta.get('model_format')} export, not ONNX")
+    model = onnx.load(str(source))
+    exclude = [node.name for node in model.graph.node if node.name.startswith(_FEATURE_SCOPE)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    quiet = _DropPreprocessHint()
+    root.addFilter(quiet)  # onnxruntime logs this hint on the root logger at every call
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+            tmp_path = Path(tmp) / path.name
+            quantize_dynamic(
+                str(source),
+                str(tmp_path),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                nodes_to_exclude=exclude,
+            )
+            atomic_write_bytes(path, tmp_path.read_bytes())
+    finally:
+        root.removeFilter(quiet)
+    write_sidecar(path, {**meta, "quantization": "int8-dynamic"})
+    return path

@@ -1,0 +1,263 @@
+"""Speaker embeddings and verification from an exported ONNX model, without torch.
+
+Needs only numpy, the audio readers (soundfile, PyAV, soxr) and onnxruntime
+(``pip install 'speakerprint[onnx]'``): nothing here imports torch, so a server that only embeds
+and verifies can leave torch out. The model must have been exported with its features inside
+(``speakerprint export BUNDLE --format onnx --with-features``); the sidecar JSON written beside it
+gives the sample rate, the shortest input and the decision threshold.
+
+>>> enc = OnnxSpeakerEncoder.from_file("ecapa.onnx")          # doctest: +SKIP
+>>> enc.embed("a.wav").shape                                  # doctest: +SKIP
+(192,)
+>>> enc.verify("a.wav", "b.flac").same_speaker                # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speakerprint.audio.io import load_audio, resample
+from speakerprint.errors import BundleError
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "OnnxSpeakerEncoder",
+    "OnnxVerificationResult",
+    "read_sidecar",
+    "sidecar_path",
+]
+
+EXPORT_FORMAT = "speakerprint-export"
+EXPORT_FORMAT_VERSION = 1
+INPUT_KINDS = ("waveform", "features")
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """The sidecar JSON of an exported model: ``model.onnx`` -> ``model.onnx.json``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".json")
+
+
+def read_sidecar(model_path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check the sidecar of an exported model.
+
+    Raises:
+        BundleError: the sidecar is missing, not JSON, not an export sidecar, or newer than this
+            speakerprint understands.
+    """
+    path = sidecar_path(model_path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(
+            f"exported model {model_path}: its sidecar {path} is missing "
+            "(it is written by `speakerprint export` beside the model)"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"sidecar {path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise BundleError(f"sidecar {path}: not a {EXPORT_FORMAT} sidecar")
+    if meta.get("format_version", 0) > EXPORT_FORMAT_VERSION:
+        raise BundleError(
+            f"sidecar {path}: format version {meta['format_version']} is newer than this "
+            f"speakerprint understands ({EXPORT_FORMAT_VERSION}); upgrade speakerprint"
+        )
+    missing = [
+        k for k in ("input_kind", "sample_rate", "embed_dim", "min_samples") if k not in meta
+    ]
+    if missing or meta["input_kind"] not in INPUT_KINDS:
+        raise BundleError(f"sidecar {path}: missing or bad fields {missing or ['input_kind']}")
+    return meta
+
+
+@dataclass(frozen=True)
+class OnnxVerificationResult:
+    """The same fields as :class:`speakerprint.inference.VerificationResult`, without torch."""
+
+    score: float  # cosine similarity in [-1, 1]
+    threshold: float
+    same_speaker: bool  # score >= threshold
+    threshold_source: str  # where the threshold was measured, or "given"
+
+    def to_dict(self) -> dict:
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "same_speaker": self.same_speaker,
+            "threshold_source": self.threshold_source,
+        }
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(
+            "ONNX inference needs onnxruntime: pip install 'speakerprint[onnx]'"
+        ) from e
+    return onnxruntime
+
+
+class OnnxSpeakerEncoder:
+    """Embeddings and verification from an ONNX model exported with its features inside.
+
+    The interface follows :class:`speakerprint.SpeakerEncoder`: ``embed``, ``embed_batch``,
+    ``score``, ``verify``, with embeddings ``(embed_dim,)`` float32, not length-normalised.
+    Waveforms shorter than the model's shortest input are repeated up to it, as the torch
+    encoder does, so both give the same embedding of the same audio.
+    """
+
+    def __init__(self, session: Any, meta: dict[str, Any], path: Path) -> None:
+        self.session = session
+        self.meta = meta
+        self.path = path
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, *, num_threads: int | None = None
+    ) -> OnnxSpeakerEncoder:
+        """Load ``path`` (a ``.onnx`` file) and its sidecar ``path + '.json'``.
+
+        ``num_threads`` sets onnxruntime's intra-op threads (default: its own choice).
+
+        Raises:
+            BundleError: no model or sidecar, or a model exported without features (it takes
+                fbank frames, which only the torch package computes).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"exported model {path} does not exist")
+        meta = read_sidecar(path)
+        if meta.get("model_format") != "onnx":
+            raise BundleError(f"{path} is a {meta.get('model_format')} export, not ONNX")
+        if meta["input_kind"] != "waveform":
+            raise BundleError(
+                f"{path} was exported without its features (it takes fbank frames): re-export "
+                "with `speakerprint export BUNDLE --format onnx --with-features` for inference "
+                "without torch"
+            )
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph types
+            raise BundleError(f"onnxruntime cannot load {path}: {e}") from None
+        return cls(session, meta, path)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.meta["sample_rate"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.meta["embed_dim"])
+
+    @property
+    def min_samples(self) -> int:
+        return int(self.meta["min_samples"])
+
+    def _waveform(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None):
+        if isinstance(audio, (str, os.PathLike)):
+            return load_audio(audio, self.sample_rate)
+        wav = np.asarray(audio)
+        if wav.ndim != 1:
+            raise ValueError(f"expected a mono waveform of shape (samples,), got {wav.shape}")
+        wav = wav.astype(np.float32, copy=False)
+        if not np.isfinite(wav).all():
+            raise ValueError("the waveform contains NaN or Inf samples")
+        sr = self.sample_rate if sample_rate is None else sample_rate
+        return resample(wav, sr, self.sample_rate) if sr != self.sample_rate else wav
+
+    def embed(
+        self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None
+    ) -> np.ndarray:
+        """The embedding of one recording, ``(embed_dim,)`` float32.
+
+        ``audio`` is a file path (any format :func:`speakerprint.audio.load_audio` reads) or a
+        mono float waveform in [-1, 1] at ``sample_rate`` (default: the model's).
+        """
+        wav = self._waveform(audio, sample_rate)
+        return self.embed_batch(wav[None], np.array([wav.shape[0]]))[0]
+
+    def embed_batch(self, wavs: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings ``(B, embed_dim)`` of zero-padded waveforms ``(B, N)`` at the model's rate.
+
+        ``lengths`` (B,) are valid samples per row (default: all N); padding never changes an
+        embedding.
+        """
+        wavs = np.asarray(wavs, dtype=np.float32)
+        if wavs.ndim != 2:
+            raise ValueError(f"wavs must be (batch, samples), got shape {wavs.shape}")
+        if lengths is None:
+            lengths = np.full(wavs.shape[0], wavs.shape[1], dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != (wavs.shape[0],):
+            raise ValueError(f"lengths must be ({wavs.shape[0]},), got {lengths.shape}")
+        if (lengths <= 0).any() or (lengths > wavs.shape[1]).any():
+            raise ValueError(f"lengths must be in [1, {wavs.shape[1]}], got {lengths.tolist()}")
+        wavs, lengths = self._repeat_short(wavs, lengths)
+        (emb,) = self.session.run(None, {"wav": wavs, "lengths": lengths})
+        return emb.astype(np.float32, copy=False)
+
+    def _repeat_short(self, wavs: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows shorter than :attr:`min_samples` repeated up to it (the torch encoder's policy)."""
+        need = self.min_samples
+        short = np.flatnonzero(lengths < need)
+        if short.size == 0:
+            return wavs, lengths
+        width = max(wavs.shape[1], need)
+        out = np.zeros((wavs.shape[0], width), dtype=np.float32)
+        out[:, : wavs.shape[1]] = wavs
+        lengths = lengths.copy()
+        for row in short:
+            n = int(lengths[row])
+            out[row, :need] = np.tile(wavs[row, :n], -(-need // n))[:need]
+            lengths[row] = need
+        return out, lengths
+
+    @staticmethod
+    def score(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
+        """Cosine similarity of two embeddings."""
+        a = np.asarray(emb_a, dtype=np.float64)
+        b = np.asarray(emb_b, dtype=np.float64)
+        return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+    def verify(
+        self,
+        a: str | os.PathLike | np.ndarray,
+        b: str | os.PathLike | np.ndarray,
+        *,
+        threshold: float | None = None,
+        sample_rate: int | None = None,
+    ) -> OnnxVerificationResult:
+        """Decide whether two recordings share a speaker, at the sidecar's threshold unless one
+        is given (the sidecar copies the source bundle's measured threshold)."""
+        if threshold is None:
+            measured = self.meta.get("threshold")
+            if not measured:
+                raise BundleError(
+                    f"{self.path}: the exported bundle had no measured threshold: pass threshold=..."
+                )
+            threshold = float(measured["value"])
+            source = f"{measured['method']} on {measured['measured_on']}"
+        else:
+            source = "given"
+        score = self.score(self.embed(a, sample_rate), self.embed(b, sample_rate))
+        return OnnxVerificationResult(
+            score=score,
+            threshold=float(threshold),
+            same_speaker=score >= threshold,
+            threshold_source=source,
+        )

@@ -1,0 +1,66 @@
+"""``speakerprint export``: writes the model and its sidecar; bad option combinations exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from speakerprint.cli.main import app
+from speakerprint.eval.cache import bundle_fingerprint
+from speakerprint.onnx_runtime import OnnxSpeakerEncoder
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+runner = CliRunner()
+
+
+def test_export_onnx_int8_with_features(small_bundle, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    args = ["export", str(small_bundle), "--format", "onnx", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--with-features", "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "int8" in result.output and "input: waveform" in result.output
+    meta = json.loads((tmp_path / "m.int8.onnx.json").read_text())
+    assert meta["quantization"] == "int8-dynamic" and meta["input_kind"] == "waveform"
+    assert meta["source_bundle_fingerprint"] == bundle_fingerprint(small_bundle)
+    assert meta["threshold"]["value"] == 0.25 and meta["embed_dim"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.int8.onnx.json"]
+    enc = OnnxSpeakerEncoder.from_file(out, num_threads=1)
+    assert enc.embed(torch.randn(4000).numpy() * 0.1).shape == (16,)
+
+
+def test_export_torchscript_without_features(small_bundle, tmp_path):
+    out = tmp_path / "m.pt"
+    result = runner.invoke(
+        app, ["export", str(small_bundle), "--format", "torchscript", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    scripted = torch.jit.load(str(out))
+    with torch.no_grad():
+        assert scripted(torch.randn(2, 30, 80), torch.tensor([30, 9])).shape == (2, 16)
+    assert json.loads((tmp_path / "m.pt.json").read_text())["input_kind"] == "features"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "tflite"], "--format must be onnx or torchscript"),
+        (["--format", "torchscript", "--quantize", "int8"], "onnx only"),
+        (["--format", "onnx", "--quantize", "int4"], "--quantize must be int8"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(small_bundle, tmp_path, extra, message):
+    result = runner.invoke(app, ["export", str(small_bundle), "--out", str(tmp_path / "x"), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_bundle_exits_2(tmp_path):
+    result = runner.invoke(
+        app, ["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output
