@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,11 @@ import numpy as np
 
 from speakerprint.audio.io import load_audio, resample
 from speakerprint.errors import BundleError
+from speakerprint.inference.result import VerificationResult
 
 __all__ = [
     "EXPORT_FORMAT",
     "OnnxSpeakerEncoder",
-    "OnnxVerificationResult",
     "read_sidecar",
     "sidecar_path",
 ]
@@ -75,24 +74,6 @@ def read_sidecar(model_path: str | os.PathLike) -> dict[str, Any]:
     if missing or meta["input_kind"] not in INPUT_KINDS:
         raise BundleError(f"sidecar {path}: missing or bad fields {missing or ['input_kind']}")
     return meta
-
-
-@dataclass(frozen=True)
-class OnnxVerificationResult:
-    """The same fields as :class:`speakerprint.inference.VerificationResult`, without torch."""
-
-    score: float  # cosine similarity in [-1, 1]
-    threshold: float
-    same_speaker: bool  # score >= threshold
-    threshold_source: str  # where the threshold was measured, or "given"
-
-    def to_dict(self) -> dict:
-        return {
-            "score": self.score,
-            "threshold": self.threshold,
-            "same_speaker": self.same_speaker,
-            "threshold_source": self.threshold_source,
-        }
 
 
 def _import_onnxruntime():
@@ -241,7 +222,7 @@ class OnnxSpeakerEncoder:
         *,
         threshold: float | None = None,
         sample_rate: int | None = None,
-    ) -> OnnxVerificationResult:
+    ) -> VerificationResult:
         """Decide whether two recordings share a speaker, at the sidecar's threshold unless one
         is given (the sidecar copies the source bundle's measured threshold)."""
         if threshold is None:
@@ -255,7 +236,7 @@ class OnnxSpeakerEncoder:
         else:
             source = "given"
         score = self.score(self.embed(a, sample_rate), self.embed(b, sample_rate))
-        return OnnxVerificationResult(
+        return VerificationResult(
             score=score,
             threshold=float(threshold),
             same_speaker=score >= threshold,

@@ -229,12 +229,7 @@ def make_trials(
     max_target = int((sizes * (sizes - 1) // 2).sum())
     max_nontarget = num_utts * (num_utts - 1) // 2 - max_target
     if same_gender:
-        genderless = [u.utt_id for u in utts if not u.gender]
-        if genderless:
-            raise ValueError(
-                f"same-gender trials need a gender for every utterance; {len(genderless)} have "
-                f"none, e.g. {genderless[:3]}"
-            )
+        _check_genders(utts)
         gender_names, gender_of = np.unique([u.gender for u in utts], return_inverse=True)
         gender_of = np.asarray(gender_of, dtype=np.int64).reshape(-1)
         gender_sizes = np.bincount(gender_of, minlength=len(gender_names))
@@ -319,12 +314,7 @@ def all_pair_trials(utts: Iterable[Utterance], *, same_gender: bool = False) -> 
             "balanced list instead (make_trials)"
         )
     if same_gender:
-        genderless = [u.utt_id for u in utts if not u.gender]
-        if genderless:
-            raise ValueError(
-                f"same-gender trials need a gender for every utterance; {len(genderless)} have "
-                f"none, e.g. {genderless[:3]}"
-            )
+        _check_genders(utts)
     first, second = np.triu_indices(len(ids), k=1)
     speakers = np.array([u.speaker for u in utts])
     target = speakers[first] == speakers[second]
@@ -336,6 +326,15 @@ def all_pair_trials(utts: Iterable[Utterance], *, same_gender: bool = False) -> 
         Trial(int(t), ids[a], ids[b])
         for a, b, t in zip(first[keep].tolist(), second[keep].tolist(), target[keep].tolist())
     ]
+
+
+def _check_genders(utts: Sequence[Utterance]) -> None:
+    genderless = [u.utt_id for u in utts if not u.gender]
+    if genderless:
+        raise ValueError(
+            f"same-gender trials need a gender for every utterance; {len(genderless)} have "
+            f"none, e.g. {genderless[:3]}"
+        )
 
 
 def _share_out(

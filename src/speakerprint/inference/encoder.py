@@ -17,6 +17,7 @@ import torch
 
 from speakerprint.audio import load_audio, resample
 from speakerprint.errors import BundleError, ConfigError
+from speakerprint.inference.result import VerificationResult
 from speakerprint.models.bundle import Bundle, load_bundle
 
 #: The model that ships with the package (see README: ECAPA-TDNN C=512 trained on the 100 training
@@ -28,22 +29,6 @@ AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
 def default_model_path() -> Path:
     return Path(__file__).resolve().parent.parent / "pretrained" / DEFAULT_MODEL_NAME
-
-
-@dataclass(frozen=True)
-class VerificationResult:
-    score: float  # cosine similarity in [-1, 1]
-    threshold: float
-    same_speaker: bool  # score >= threshold
-    threshold_source: str  # where the threshold was measured, or "given"
-
-    def to_dict(self) -> dict:
-        return {
-            "score": self.score,
-            "threshold": self.threshold,
-            "same_speaker": self.same_speaker,
-            "threshold_source": self.threshold_source,
-        }
 
 
 @dataclass(frozen=True)
