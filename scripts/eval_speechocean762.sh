@@ -2,9 +2,11 @@
 # Evaluation figures of the shipped model (issue 5) on the 25 speechocean762 speakers it never
 # saw: raw cosine vs z/t/s-norm vs AS-norm (cohort: the 100 training speakers, one mean each),
 # full-length vs 3 s crop vs multi-crop test conditions, and closed-set identification top-1/top-5,
-# inclusive vs leave-one-out. Every figure is one `speakerprint eval` call; all share one
-# embedding cache, so each condition's audio is embedded once. Writes
-# docs/results/eval_speechocean762.md, each row with the command that made it.
+# inclusive vs leave-one-out, and open-set identification. Every figure is one `speakerprint eval`
+# call; all share one embedding cache, so each condition's audio is embedded once. Writes
+# docs/results/eval_speechocean762.md, each row with the command that made it, and a report of
+# five of the systems side by side (DET curves, score histograms, threshold tables) with
+# `speakerprint report` into docs/results/eval_speechocean762_report/.
 #   OMP_NUM_THREADS=1 bash scripts/eval_speechocean762.sh
 # In a fresh shell without the package installed:
 #   OMP_NUM_THREADS=1 PYTHONPATH=src SPEAKERPRINT=".venv/bin/python -m speakerprint" \
@@ -19,6 +21,7 @@ DATA=${DATA:-runs/so762/data}
 OUT=${OUT:-runs/eval_so762}
 CACHE=$OUT/cache
 REPORT=${REPORT:-docs/results/eval_speechocean762.md}
+SYSTEMS_REPORT=${SYSTEMS_REPORT:-docs/results/eval_speechocean762_report}
 
 if [ ! -f "$DATA/dev.jsonl" ] || [ ! -f "$DATA/dev_trials.txt" ] || [ ! -f "$DATA/train.jsonl" ]; then
   "${SPEAKERPRINT_CMD[@]}" prepare folder ../shared/data/speechocean762/train --out "$DATA" \
@@ -33,14 +36,14 @@ run() {
   local name=$1
   shift
   local args=(eval "$BUNDLE" --manifest "$DATA/dev.jsonl" --trials "$DATA/dev_trials.txt"
-    --cache "$CACHE" "$@" --out "$OUT/$name.json")
+    --cache "$CACHE" "$@" --scores "$OUT/$name.scores.txt" --out "$OUT/$name.json")
   echo "== $name: speakerprint ${args[*]}"
   "${SPEAKERPRINT_CMD[@]}" "${args[@]}"
   printf '%s\tspeakerprint %s\n' "$name" "${args[*]}" >> "$OUT/commands.tsv"
 }
 
 COHORT=(--cohort "$DATA/train.jsonl")
-run full_raw --condition full --identification
+run full_raw --condition full --identification --open-set
 run full_znorm --norm znorm "${COHORT[@]}"
 run full_tnorm --norm tnorm "${COHORT[@]}"
 run full_snorm --norm snorm "${COHORT[@]}"
@@ -51,7 +54,15 @@ done
 run crop3_raw --condition crop --crop-s 3 --identification
 run multicrop5x3_raw --condition multi_crop --crop-s 3 --num-crops 5 --identification
 
-"$PYTHON" - "$OUT" "$REPORT" "$(( $(date +%s) - start ))" <<'PY'
+report_args=(report "$OUT/full_raw.json" "$OUT/full_snorm.json" "$OUT/full_asnorm_top50.json"
+  "$OUT/crop3_raw.json" "$OUT/multicrop5x3_raw.json"
+  --name "raw cosine" --name "s-norm" --name "AS-norm top 50" --name "3 s crop"
+  --name "5 x 3 s crops" --out "$SYSTEMS_REPORT"
+  --title "Shipped model on the speechocean762 dev split: five ways to score")
+"${SPEAKERPRINT_CMD[@]}" "${report_args[@]}"
+printf 'report\tspeakerprint %s\n' "${report_args[*]}" >> "$OUT/commands.tsv"
+
+"$PYTHON" - "$OUT" "$REPORT" "$(( $(date +%s) - start ))" "$SYSTEMS_REPORT" <<'PY'
 """Write the Markdown report from the JSON records the runs wrote; nothing is typed in."""
 import json
 import sys
@@ -65,7 +76,9 @@ from speakerprint.utils.io import atomic_write_text
 from speakerprint.utils.machine import cpu_name
 
 out, report, wall_s = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+systems_report = Path(sys.argv[4])
 commands = dict(line.split("\t", 1) for line in (out / "commands.tsv").read_text().splitlines())
+report_command = commands.pop("report")
 runs = {name: json.loads((out / f"{name}.json").read_text()) for name in commands}
 
 
@@ -184,6 +197,34 @@ for name, record in runs.items():
             f"{r['num_tested']} | {r['num_skipped_speakers']} | {pct(r['top1_accuracy'])} | "
             f"{pct(r['top5_accuracy'])} | `{commands[name]}` |"
         )
+o = raw["open_set_identification"]
+lines += [
+    "",
+    "## Open-set identification",
+    "",
+    f"Half of the {num_speakers} held-out speakers are kept out of enrolment as impostors; each "
+    "of the others is enrolled on the first half of its utterances (the mean of their unit "
+    "embeddings) and tested on the rest, so no recording is both enrolled and tested. A test "
+    "utterance is accepted as its best-scoring speaker when that cosine reaches the raw EER "
+    f"threshold of the trial list ({o['threshold']:.4f}).",
+    "",
+    "| enrolled speakers | their test utterances | impostor utterances | correct accept | "
+    "misidentified | impostors accepted | command |",
+    "|---|---|---|---|---|---|---|",
+    f"| {o['num_speakers']} | {o['num_known']} | {o['num_unknown']} | "
+    f"{pct(o['correct_accept_rate'])} | {pct(o['misidentification_rate'])} | "
+    f"{pct(o['false_accept_rate'])} | `{commands['full_raw']}` |",
+    "",
+    "An impostor only has to come close to one of the enrolled speakers, so the verification "
+    "EER threshold lets in far more impostors in identification than its false-accept rate on "
+    "single trials; `speakerprint calibrate --at fa:RATE` stores a stricter threshold.",
+    "",
+    "## Systems side by side",
+    "",
+    f"[`{systems_report}/report.md`]({systems_report.name}/report.md) (also as HTML) puts five of "
+    "the runs above on one DET plot, with each one's score histograms and threshold table "
+    f"(EER, false accepts at most 1% and 0.1%, minDCF thresholds): `{report_command}`.",
+]
 lines += ["", f"Reproduce: `OMP_NUM_THREADS=1 bash scripts/eval_speechocean762.sh`.", ""]
 atomic_write_text(report, "\n".join(lines))
 print(f"wrote {report}")
