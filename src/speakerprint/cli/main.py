@@ -424,6 +424,7 @@ def models() -> None:
 from speakerprint.cli import evaluation  # noqa: E402,F401
 from speakerprint.cli import export  # noqa: E402,F401
 from speakerprint.cli import embed  # noqa: E402,F401
+from speakerprint.cli import plot  # noqa: E402,F401
 from speakerprint.cli import store  # noqa: E402,F401
 from speakerprint.cli import corpora  # noqa: E402,F401
 # isort: on

@@ -15,6 +15,7 @@ aam_scale          the lowest possible AAM-softmax loss against the scale s
 enrollment_bias    inclusive against leave-one-out cosine with a speaker's mean
 dimension          cosine of random vectors as the dimension grows
 curves             loss, accuracy, learning rate, margin and dev EER of a run
+report             Markdown/HTML evaluation reports of several systems (``speakerprint report``)
 =================  ===========================================================================
 
 matplotlib is imported when a figure is drawn, not with this package.

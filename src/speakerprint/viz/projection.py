@@ -1,0 +1,236 @@
+"""2-D projections of utterance embeddings, coloured by speaker, one panel per model.
+
+The TitaNet comparisons of models are of this kind: the same utterances embedded by several
+models, projected to the plane, the speakers' clusters compared by eye. Each panel's title also
+gives a number that does not depend on the projection: the silhouette of the speaker clusters
+under cosine distance in the embedding space itself (1: tight separate clusters, 0: overlapping).
+
+Speakers the model was trained on (``seen``) are drawn as filled circles, others as crosses: a
+model separates its training speakers more easily than new ones, and the figure shows by how much.
+
+>>> utts = select_utterances(read_manifest("dev.jsonl"), max_speakers=10)  # doctest: +SKIP
+>>> emb = embed_manifest_utterances("runs/x/bundle", utts)  # doctest: +SKIP
+>>> xy = project(np.stack([emb[u.utt_id] for u in utts]), method="svd")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from speakerprint.data.manifest import Utterance
+from speakerprint.viz._common import VIZ_HINT, new_figure, speaker_colours
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PROJECTION_METHODS",
+    "ProjectionPanel",
+    "embed_manifest_utterances",
+    "plot_projections",
+    "project",
+    "select_utterances",
+    "speaker_silhouette",
+]
+
+PROJECTION_METHODS = ("umap", "svd", "tsne")
+
+
+def select_utterances(
+    utts: Sequence[Utterance],
+    *,
+    max_speakers: int | None = None,
+    max_per_speaker: int | None = None,
+    seed: int = 0,
+) -> list[Utterance]:
+    """At most ``max_speakers`` speakers (drawn at random), at most ``max_per_speaker`` of each
+    one's utterances (drawn at random); sorted by speaker, then utterance id. None: no cap.
+
+    >>> utts = [Utterance(f"{s}/{i}", f"{s}{i}.wav", s, 1.0, 16000) for s in "abc" for i in range(5)]
+    >>> picked = select_utterances(utts, max_speakers=2, max_per_speaker=3)
+    >>> len(picked), len({u.speaker for u in picked})
+    (6, 2)
+    """
+    for name, cap in [("max_speakers", max_speakers), ("max_per_speaker", max_per_speaker)]:
+        if cap is not None and cap < 1:
+            raise ValueError(f"{name} must be at least 1, got {cap}")
+    rng = np.random.default_rng(seed)
+    by_speaker: dict[str, dict[str, Utterance]] = {}
+    for utt in utts:
+        by_speaker.setdefault(utt.speaker, {})[utt.utt_id] = utt
+    speakers = sorted(by_speaker)
+    if max_speakers is not None and len(speakers) > max_speakers:
+        speakers = sorted(rng.choice(speakers, size=max_speakers, replace=False).tolist())
+    picked: list[Utterance] = []
+    for speaker in speakers:
+        ids = sorted(by_speaker[speaker])
+        if max_per_speaker is not None and len(ids) > max_per_speaker:
+            ids = sorted(rng.choice(ids, size=max_per_speaker, replace=False).tolist())
+        picked.extend(by_speaker[speaker][i] for i in ids)
+    return picked
+
+
+def embed_manifest_utterances(
+    bundle_path: str | os.PathLike,
+    utts: Sequence[Utterance],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Full-length embeddings ``{utt_id: (D,)}`` of a bundle, through the evaluation's embedding
+    code and, given ``cache_dir``, its embedding cache (the one ``speakerprint eval --cache``
+    uses, so a figure after an evaluation re-embeds nothing)."""
+    from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
+    from speakerprint.eval.conditions import FULL, embed_condition
+    from speakerprint.models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path, device=device)
+
+    def compute(todo: Sequence[Utterance]) -> dict[str, np.ndarray]:
+        return embed_condition(bundle, todo, FULL, batch_size=batch_size, progress=progress)
+
+    if cache_dir is None:
+        return compute(list(utts))
+    cache = EmbeddingCache(cache_dir, bundle_fingerprint(bundle_path))
+    return cache.get_or_compute(FULL, list(utts), compute).embeddings
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def project(emb: np.ndarray, *, method: str = "svd", seed: int = 0) -> np.ndarray:
+    """Project embeddings (N, D) to (N, 2) after L2 normalisation (cosine geometry).
+
+    ``svd``: the first two principal components (centred, exact, fast); ``tsne``: t-SNE with
+    cosine distances (scikit-learn); ``umap``: UMAP with cosine distances (umap-learn; its first
+    call compiles with numba, tens of seconds).
+    """
+    emb = np.asarray(emb, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] < 3:
+        raise ValueError(f"need at least 3 embeddings as an (N, D) array, got {emb.shape}")
+    if method not in PROJECTION_METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; choose one of {', '.join(PROJECTION_METHODS)}"
+        )
+    x = _unit_rows(emb)
+    if method == "svd":
+        centred = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+        if xy.shape[1] < 2:
+            xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+        return xy
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError:
+            raise ImportError(f"t-SNE needs scikit-learn: {VIZ_HINT}") from None
+        perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+        tsne = TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed)
+        return tsne.fit_transform(x)
+    try:
+        import umap
+    except ImportError:
+        raise ImportError(f"UMAP needs umap-learn: {VIZ_HINT}") from None
+    neighbours = int(min(15, len(x) - 1))
+    reducer = umap.UMAP(
+        n_components=2, metric="cosine", n_neighbors=neighbours, random_state=seed, n_jobs=1
+    )
+    return np.asarray(reducer.fit_transform(x))
+
+
+def speaker_silhouette(emb: np.ndarray, speakers: Sequence[str]) -> float | None:
+    """Mean silhouette of the speaker clusters under cosine distance in the embedding space:
+    (b - a) / max(a, b) per utterance, a its mean distance to its own speaker's other
+    utterances, b to the nearest other speaker's. None with fewer than 2 speakers.
+
+    >>> e = np.array([[1, 0.0], [1, 0.1], [0, 1.0], [0.1, 1]])
+    >>> round(speaker_silhouette(e, ["a", "a", "b", "b"]), 2)
+    0.99
+    """
+    labels = np.unique(np.asarray(speakers), return_inverse=True)[1]
+    num = labels.max() + 1 if len(labels) else 0
+    if num < 2 or num >= len(labels):
+        return None
+    x = _unit_rows(np.asarray(emb, dtype=np.float64))
+    dist = 1.0 - x @ x.T  # (N, N) cosine distance
+    onehot = np.eye(num)[labels]  # (N, S)
+    counts = onehot.sum(axis=0)  # (S,)
+    mean_to = dist @ onehot  # (N, S) summed distance to each speaker
+    own = counts[labels] - 1
+    a = np.where(own > 0, mean_to[np.arange(len(x)), labels] / np.maximum(own, 1), 0.0)
+    mean_to = mean_to / counts
+    mean_to[np.arange(len(x)), labels] = np.inf
+    b = mean_to.min(axis=1)
+    s = np.where(own > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+    return float(s.mean())
+
+
+@dataclass(frozen=True)
+class ProjectionPanel:
+    """One model's panel: its name, the (N, 2) projection and the silhouette in its title."""
+
+    name: str
+    xy: np.ndarray
+    silhouette: float | None = None
+
+
+def plot_projections(
+    panels: Sequence[ProjectionPanel],
+    speakers: Sequence[str],
+    seen: Sequence[bool] | None = None,
+    *,
+    method: str = "svd",
+) -> Figure:
+    """Panels side by side; utterance n is drawn in its speaker's colour, a filled circle when
+    ``seen[n]`` (the model was trained on that speaker), a cross otherwise."""
+    if not panels:
+        raise ValueError("plot_projections needs at least one panel")
+    speakers = list(speakers)
+    seen_mask = np.zeros(len(speakers), bool) if seen is None else np.asarray(seen, bool)
+    names = sorted(set(speakers))
+    colour_of = dict(zip(names, speaker_colours(len(names))))
+    colours = np.array([colour_of[s] for s in speakers])
+    fig = new_figure(4.6 * len(panels) + 0.4, 4.8)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, panel in zip(axes, panels):
+        if panel.xy.shape != (len(speakers), 2):
+            raise ValueError(f"panel {panel.name}: xy must be ({len(speakers)}, 2)")
+        for mask, marker, what in [
+            (seen_mask, "o", "seen in training"),
+            (~seen_mask, "x", "unseen"),
+        ]:
+            if not mask.any():
+                continue
+            count = len({s for s, m in zip(speakers, mask) if m})
+            label = f"{what} ({count} speakers)"
+            ax.scatter(*panel.xy[mask].T, c=colours[mask], marker=marker, s=18, label=label)
+        title = panel.name
+        if panel.silhouette is not None:
+            title += f"\nspeaker silhouette (cosine, {len(names)} speakers) {panel.silhouette:.3f}"
+        ax.set_title(title, fontsize="medium")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{method} 1")
+        ax.set_ylabel(f"{method} 2")
+        ax.legend(loc="best", fontsize="x-small")
+    fig.suptitle(
+        f"{len(speakers)} utterances of {len(names)} speakers, one colour a speaker",
+        fontsize="medium",
+    )
+    return fig
+
+
+def bundle_label(path: str | os.PathLike) -> str:
+    """A panel name for a bundle: its folder, or the run's folder for ``RUN/bundle``."""
+    path = Path(path).resolve()
+    return path.parent.name if path.name == "bundle" else path.name
