@@ -29,25 +29,10 @@ fi
 
 run() { echo "\$ $*"; "$@"; echo; }
 
-# Per-trial scores of the dev trial list (the cosine scores `speakerprint eval` computes),
-# through the embedding cache that the projection and enrollment figures reuse.
-"$PYTHON" - "$MODEL" "$DATA" "$WORK" <<'PY'
-import sys
-from speakerprint.data.manifest import read_manifest
-from speakerprint.data.trials import read_trials
-from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
-from speakerprint.eval.scoring import evaluate
-from speakerprint.models.bundle import load_bundle
-
-model, data, work = sys.argv[1:]
-trials = read_trials(f"{data}/dev_trials.txt")
-result = evaluate(load_bundle(model), read_manifest(f"{data}/dev.jsonl"), trials,
-                  cache=EmbeddingCache(f"{work}/cache", bundle_fingerprint(model)))
-with open(f"{work}/dev_scores.txt", "w") as f:
-    for t, s in zip(trials, result.scores):
-        f.write(f"{t.label} {t.enrol} {t.test} {s:.6f}\n")
-print(f"wrote {work}/dev_scores.txt: {len(trials)} trials, EER {100 * result.metrics.eer:.2f}%\n")
-PY
+# Per-trial scores of the dev trial list, through the embedding cache that the projection and
+# enrollment figures reuse.
+run speakerprint eval "$MODEL" --manifest "$DATA/dev.jsonl" --trials "$DATA/dev_trials.txt" \
+  --cache "$WORK/cache" --scores "$WORK/dev_scores.txt"
 
 run speakerprint plot scores "$WORK/dev_scores.txt" --out "$FIGURES/scores.png"
 run speakerprint plot projection "$MODEL" --manifest "$DATA/dev.jsonl" \

@@ -3,8 +3,6 @@ a real image of the expected size."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -40,8 +38,8 @@ def test_scores_png(tmp_path, score_file):
 
 
 def test_scores_svg_and_two_systems(tmp_path, score_file):
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({"scores": [0.9, 0.1, 0.6, 0.4], "labels": [1, 0, 1, 0]}))
+    other = tmp_path / "other.txt"
+    other.write_text("1 a b 0.9\n0 a c 0.1\n1 d e 0.6\n0 d f 0.4\n")
     out = tmp_path / "scores.svg"
     _plot("scores", score_file, other, "--out", out)
     text = out.read_text()
@@ -54,7 +52,7 @@ def test_bad_extension_and_bad_input_are_one_line_errors(tmp_path, score_file):
     )
     assert result.exit_code == 2 and ".png or .svg" in result.output
     bad = tmp_path / "bad.txt"
-    bad.write_text("0.5 maybe\n")
+    bad.write_text("maybe a b 0.5\n")
     result = runner.invoke(app, ["plot", "scores", str(bad), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and f"{bad}:1" in result.output
     assert not (tmp_path / "x.png").exists()

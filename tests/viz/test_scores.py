@@ -16,21 +16,20 @@ def _trials(rng, n=200):
     return scores, labels
 
 
-def test_read_scores_two_and_four_column_forms_agree(tmp_path):
-    two = tmp_path / "two.txt"
+def test_read_scores_from_a_score_file_and_from_an_eval_record(tmp_path):
     four = tmp_path / "four.txt"
-    two.write_text("0.9 1\n\n-0.2 0\n0.1 target\n0.3 nontarget\n")
-    four.write_text("1 a b 0.9\n0 a c -0.2\n1 d e 0.1\n0 f g 0.3\n")
-    s2, l2 = read_scores(two)
-    s4, l4 = read_scores(four)
-    np.testing.assert_array_equal(s2, s4)
-    np.testing.assert_array_equal(l2, [1, 0, 1, 0])
-    np.testing.assert_array_equal(l4, l2)
+    four.write_text("1 a b 0.9\n\n0 a c -0.2\n1 d e 0.1\n0 f g 0.3\n")
+    scores, labels = read_scores(four)
+    np.testing.assert_array_equal(scores, [0.9, -0.2, 0.1, 0.3])
+    np.testing.assert_array_equal(labels, [1, 0, 1, 0])
+    record = tmp_path / "eval.json"
+    record.write_text(json.dumps({"eer": 0.05, "scores_file": "four.txt"}))  # relative to it
+    np.testing.assert_array_equal(read_scores(record)[0], scores)
 
 
 def test_read_scores_lists_every_bad_line(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_text("0.9 1\n0.5 maybe\nx 0\n1 2 3\n")
+    bad.write_text("1 a b 0.9\n2 a c 0.5\n0 a d x\n1 2 3\n")
     with pytest.raises(ManifestError) as err:
         read_scores(bad)
     message = str(err.value)
@@ -39,19 +38,15 @@ def test_read_scores_lists_every_bad_line(tmp_path):
 
 def test_read_scores_needs_both_classes(tmp_path):
     one_class = tmp_path / "s.txt"
-    one_class.write_text("0.9 1\n0.5 1\n")
+    one_class.write_text("1 a b 0.9\n1 a c 0.5\n")
     with pytest.raises(ManifestError, match="non-target"):
         read_scores(one_class)
 
 
-def test_read_scores_json_with_scores_and_metrics_only_json(tmp_path):
-    good = tmp_path / "scores.json"
-    good.write_text(json.dumps({"scores": [0.5, 0.1, 0.7], "labels": [1, 0, 1]}))
-    scores, labels = read_scores(good)
-    np.testing.assert_array_equal(labels, [1, 0, 1])
+def test_an_eval_record_without_scores_is_refused(tmp_path):
     metrics_only = tmp_path / "eval.json"
     metrics_only.write_text(json.dumps({"eer": 0.05, "min_dcf": 0.4}))
-    with pytest.raises(ManifestError, match="per-trial"):
+    with pytest.raises(ManifestError, match="no scores file"):
         read_scores(metrics_only)
 
 

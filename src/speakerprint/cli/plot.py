@@ -50,8 +50,8 @@ def scores_cmd(
     scores: Annotated[
         list[Path],
         typer.Argument(
-            help="Score files: 'SCORE LABEL' or 'LABEL ENROL TEST SCORE' lines, or JSON with "
-            "'scores' and 'labels' lists; several are drawn on one DET plot"
+            help="Score files ('LABEL ENROL TEST SCORE', from eval --scores) or eval records "
+            "(eval --scores F --out R.json); several are drawn on one DET plot"
         ),
     ],
     out: OutOption,

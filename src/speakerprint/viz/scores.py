@@ -10,17 +10,13 @@ on a given matplotlib ``Axes`` (or a new figure) and returns the ``Axes``.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from speakerprint.data.manifest import raise_problems, read_text_file
 from speakerprint.errors import ManifestError
 from speakerprint.eval.metrics import compute_eer, det_curve
 from speakerprint.viz._common import new_figure
@@ -42,100 +38,24 @@ __all__ = [
 DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 # Rates are clipped to this range before the probit, where 0 and 1 would be infinite.
 _DET_LIMITS = (0.0005, 0.5)
-_LABELS = {"1": 1, "0": 0, "target": 1, "nontarget": 0, "non-target": 0}
 
 
 def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Per-trial scores and labels from a file: ``(scores (N,) float64, labels (N,) int64)``.
-
-    Accepted forms:
-
-    * text, one trial a line: ``SCORE LABEL`` or ``LABEL ENROL TEST SCORE`` (a trial list with
-      the score appended); labels are 1/0 or target/nontarget;
-    * JSON with per-trial ``"scores"`` and ``"labels"`` lists at the top level.
-
-    ``speakerprint eval --out`` records the metrics, not the per-trial scores, so its JSON is
-    rejected with a message saying so.
+    """Per-trial scores and labels, ``(scores (N,) float64, labels (N,) int64)``, from a score
+    file (``LABEL ENROL TEST SCORE`` lines, as ``speakerprint eval --scores`` writes) or the JSON
+    record of an eval run that wrote one (``--scores F --out R.json``).
 
     Raises:
         ManifestError: the file is unreadable, a line is malformed (every bad line is listed),
-            or there are no target or no non-target trials.
+            the record names no score file, or there are no target or no non-target trials.
     """
-    path = Path(path)
-    text = read_text_file(path, "score file")
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        scores, labels = _scores_from_json(path, text)
-    else:
-        scores, labels = _scores_from_text(path, text)
-    if not len(scores):
-        raise ManifestError(f"{path}: no scores in the file")
+    from speakerprint.viz.report import ReportSystem
+
+    system = ReportSystem.from_file(path)
+    labels = system.labels
     if not (labels == 1).any() or not (labels == 0).any():
         raise ManifestError(f"{path}: needs both target (1) and non-target (0) trials")
-    return scores, labels
-
-
-def _scores_from_json(path: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(record, dict) or "scores" not in record or "labels" not in record:
-        raise ManifestError(
-            f"{path}: has no per-trial 'scores' and 'labels' lists (speakerprint eval --out "
-            "records metrics only); give a text file of 'SCORE LABEL' or "
-            "'LABEL ENROL TEST SCORE' lines"
-        )
-    try:
-        scores = np.asarray(record["scores"], dtype=np.float64)
-        labels = np.asarray(record["labels"], dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise ManifestError(
-            f"{path}: 'scores' and 'labels' must be lists of numbers: {e}"
-        ) from None
-    if scores.ndim != 1 or scores.shape != labels.shape:
-        raise ManifestError(
-            f"{path}: 'scores' and 'labels' must be flat lists of one length, "
-            f"got shapes {scores.shape} and {labels.shape}"
-        )
-    if not np.isin(labels, (0, 1)).all() or not np.isfinite(scores).all():
-        raise ManifestError(f"{path}: labels must be 0 or 1 and scores finite numbers")
-    return scores, labels
-
-
-def _scores_from_text(path: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
-    scores: list[float] = []
-    labels: list[int] = []
-    problems: list[str] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) == 2:
-            score_text, label_text = fields
-        elif len(fields) == 4:
-            label_text, score_text = fields[0], fields[3]
-        else:
-            problems.append(
-                f"{path}:{line_number}: expected 'SCORE LABEL' or 'LABEL ENROL TEST SCORE', "
-                f"got {len(fields)} fields"
-            )
-            continue
-        label = _LABELS.get(label_text.lower())
-        try:
-            score = float(score_text)
-        except ValueError:
-            score = math.nan
-        if label is None:
-            problems.append(
-                f"{path}:{line_number}: label {label_text!r} is not 1/0/target/nontarget"
-            )
-        elif not math.isfinite(score):
-            problems.append(f"{path}:{line_number}: score {score_text!r} is not a finite number")
-        else:
-            scores.append(score)
-            labels.append(label)
-    raise_problems(path, problems, "score file")
-    return np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    return system.scores, labels
 
 
 def _axes(ax: Axes | None, width_in: float = 6.0, height_in: float = 4.0) -> Axes:
