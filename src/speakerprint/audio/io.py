@@ -151,7 +151,14 @@ def load_audio(
     if not np.isfinite(wav).all():
         raise AudioLoadError(path, "the audio contains NaN or Inf samples")
     wav = wav.mean(axis=1, dtype=np.float32) if wav.shape[1] > 1 else wav[:, 0]
+    num_file_samples = len(wav)
     wav = resample(wav, file_sr, sample_rate)
+    if wav.shape[0] == 0:  # e.g. one sample at 162 kHz is no sample at all at 16 kHz
+        raise AudioLoadError(
+            path,
+            f"{num_file_samples} sample(s) at {file_sr} Hz are shorter than one sample at "
+            f"{sample_rate} Hz",
+        )
     # Float files, lossy decoders and resampling can overshoot full scale slightly.
     return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
 
@@ -270,9 +277,12 @@ def _open_pyav(file: Path, path: str | os.PathLike, soundfile_error: Exception |
         container = av.open(str(file), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as error:
         raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
-    if not container.streams.audio:
+    stream = container.streams.audio[0] if container.streams.audio else None
+    if stream is None or stream.codec_context is None:
+        # A header ffmpeg half-parses (e.g. a WAV 'fmt ' chunk shorter than 16 bytes) gives an
+        # audio stream without a decoder; treat it like no audio stream at all.
         container.close()
-        reason = "no audio stream in the file"
+        reason = "no audio stream in the file" if stream is None else "no decodable audio stream"
         if soundfile_error is not None:
             reason += f" (soundfile: {soundfile_error})"
         raise AudioLoadError(path, reason)

@@ -421,6 +421,7 @@ def models() -> None:
 # Sub-command modules register their commands on `app` when imported (one line each).
 # fmt: off
 # isort: off
+from speakerprint.cli import check  # noqa: E402,F401
 from speakerprint.cli import evaluation  # noqa: E402,F401
 from speakerprint.cli import export  # noqa: E402,F401
 from speakerprint.cli import embed  # noqa: E402,F401

@@ -4,7 +4,8 @@ A checkpoint is a folder ``step_00001000/`` holding ``tensors.safetensors`` (eve
 state: model, loss head, optimiser moments, RNG states) and ``state.json`` (everything else:
 step, optimiser hyper-parameters, scaler scalars, the config, and the SHA-256 of the tensor file).
 The folder is written under a temporary name and renamed into place, so a checkpoint either exists
-whole or not at all; a crash during the write leaves the previous one untouched.
+whole or not at all; a crash during the write leaves the previous one untouched, and the temporary
+folder it leaves is ignored (and removed on resume by :func:`remove_interrupted_writes`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from speakerprint.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+# What utils.io.atomic_dir names its work: ".step_XXXXXXXX.<random>" and ".step_XXXXXXXX.old.<random>".
+_TEMP_DIR = re.compile(r"^\.step_\d{8}\.")
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
 
@@ -129,6 +132,24 @@ def load_latest_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[Path, dic
     if errors:
         raise BundleError("no usable checkpoint: " + "; ".join(errors))
     return None
+
+
+def remove_interrupted_writes(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders that writes killed midway left behind; returns them.
+
+    They are never taken for checkpoints (:func:`list_checkpoints` ignores them) but would
+    accumulate over many pre-emptions. Call it only when no other process is writing here.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    stale = [
+        p for p in checkpoint_dir.iterdir() if p.is_dir() and _TEMP_DIR.match(p.name) is not None
+    ]
+    for path in stale:
+        log.warning("removing %s, left by a checkpoint write that was interrupted", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def prune_checkpoints(checkpoint_dir: str | os.PathLike, keep: int) -> None:

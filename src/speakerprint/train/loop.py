@@ -1,9 +1,16 @@
-"""The training loop: one readable loop for CPU and one GPU.
+"""The training loop: one readable loop for CPU, one GPU and many under torchrun.
 
 Each step: a batch of random crops, features (with dither) on the training device, encoder and
 loss under autocast (bf16 by default on CUDA), backward, gradient clipping, optimiser step. The
 learning rate and the margin are functions of the step. Checkpoints hold everything a resumed run
 needs to continue exactly: weights, optimiser moments, grad scaler, step and RNG state.
+
+Long runs survive what long runs meet: a step whose loss or gradient norm is NaN/Inf is skipped
+(no update) and logged, and only ``train.max_bad_steps_in_a_row`` of them in a row stop the run;
+SIGTERM or SIGINT (a pre-emption, Ctrl-C) writes a checkpoint at the next step boundary and stops
+with :class:`TrainingInterrupted`, from which ``--resume`` continues exactly. Under torchrun
+(:mod:`speakerprint.train.distributed`) each rank trains on its slice of every global batch and
+only rank 0 writes files and evaluates.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import hashlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +31,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from speakerprint.augment import build_augmentation
+from speakerprint.augment.codec import build_codec
 from speakerprint.data.dataset import (
     CropDataset,
     EpochBatchSampler,
@@ -30,16 +41,18 @@ from speakerprint.data.dataset import (
 )
 from speakerprint.data.manifest import read_manifest
 from speakerprint.data.trials import read_trials
-from speakerprint.errors import ConfigError
+from speakerprint.errors import ConfigError, SpeakerprintError
 from speakerprint.eval.scoring import evaluate
 from speakerprint.features import Fbank
 from speakerprint.losses import ClassificationLoss, TripletLoss, build_loss
 from speakerprint.models import count_parameters, create_model
 from speakerprint.models.bundle import Bundle, Threshold, load_bundle, save_bundle
+from speakerprint.train import distributed
 from speakerprint.train.checkpoint import (
     list_checkpoints,
     load_latest_checkpoint,
     prune_checkpoints,
+    remove_interrupted_writes,
     save_checkpoint,
 )
 from speakerprint.train.config import ExperimentConfig, Phase, config_to_dict, save_config
@@ -48,13 +61,55 @@ from speakerprint.train.schedule import learning_rate, margin
 log = logging.getLogger(__name__)
 
 
+class TrainingInterrupted(SpeakerprintError):
+    """SIGTERM or SIGINT stopped training; a checkpoint of the last finished step was written."""
+
+
+class TrainingDiverged(SpeakerprintError):
+    """Too many steps in a row had a NaN/Inf loss or gradient norm."""
+
+
+class _StopSignals:
+    """Turn SIGTERM and SIGINT into a request to stop at the next step boundary.
+
+    A second SIGINT stops at once (KeyboardInterrupt), for an impatient Ctrl-C. Handlers are
+    installed only in the main thread (Python allows no other) and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
     bundle_path: Path
     start_step: int
     end_step: int
-    losses: list[float] = field(default_factory=list)  # one per step run by this call
+    losses: list[float] = field(
+        default_factory=list
+    )  # one per step run by this call (NaN: skipped)
+    bad_steps: list[int] = field(
+        default_factory=list
+    )  # steps skipped for a NaN/Inf loss or gradient
     dev_initial: dict | None = None
     dev_final: dict | None = None
     wall_s: float = 0.0
@@ -143,10 +198,16 @@ def _worker_init(_: int) -> None:
 
 
 class _MetricsLog:
-    """Append-only JSONL of training records; on resume, records past the resumed step are cut."""
+    """Append-only JSONL of training records; on resume, records past the resumed step are cut.
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    Only the main process writes (``enabled``): under torchrun the other ranks' logs are no-ops.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, *, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
+        if not enabled:
+            return
         if resume_step is not None and path.exists():
             kept = [
                 line
@@ -158,6 +219,8 @@ class _MetricsLog:
             path.unlink()
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -169,6 +232,14 @@ def train(
 
     With ``resume=True`` the newest complete checkpoint in ``run_dir/checkpoints`` is loaded and
     training continues from its step as if it had never stopped.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; ``data.batch_size`` is the global
+    batch, shared out equally among the ranks, and only rank 0 writes into ``run_dir``.
+
+    Raises:
+        TrainingInterrupted: SIGTERM/SIGINT arrived; a checkpoint was written to resume from.
+        TrainingDiverged: ``train.max_bad_steps_in_a_row`` steps in a row had NaN/Inf losses or
+            gradient norms.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -178,7 +249,16 @@ def train(
         raise ConfigError("data.dev_manifest and data.dev_trials go together: set both or neither")
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-
+    if cfg.train.max_bad_steps_in_a_row < 1:
+        raise ConfigError(
+            f"train.max_bad_steps_in_a_row must be at least 1, got {cfg.train.max_bad_steps_in_a_row}"
+        )
+    resolve_device(cfg.train.device)  # the same checks and messages with one process or many
+    ctx = distributed.setup(cfg.train.device)
+    device = ctx.device
+    per_rank_batch = distributed.per_rank_batch_size(cfg.data.batch_size, ctx.world_size)
+    if resume and ctx.is_main:
+        remove_interrupted_writes(checkpoint_dir)
     found = load_latest_checkpoint(checkpoint_dir) if resume else None
     if not resume and any(checkpoint_dir.glob("step_*")):
         raise ConfigError(
@@ -187,10 +267,10 @@ def train(
         )
     if resume and found is None:
         log.warning("no checkpoint in %s: starting from step 0", checkpoint_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
 
-    device = resolve_device(cfg.train.device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
 
@@ -225,11 +305,19 @@ def train(
             f"{cfg.data.batch_size // per_speaker} speakers per batch; it must be between 2 and "
             f"the {len(speakers)} training speakers"
         )
+    if cfg.data.sampler == "speaker_balanced" and per_rank_batch % cfg.data.utterances_per_speaker:
+        raise ConfigError(
+            f"data.sampler=speaker_balanced under {ctx.world_size} processes: each rank's "
+            f"{per_rank_batch} items must hold whole groups of data.utterances_per_speaker="
+            f"{cfg.data.utterances_per_speaker}"
+        )
+
     dataset = CropDataset(
         train_utts,
         speaker_to_label=speaker_to_label,
         crop_s=cfg.data.crop_s,
         sample_rate=sample_rate,
+        transform=build_codec(cfg.augment, sample_rate),  # None unless augment.codec_prob > 0
     )
     batches_per_epoch = EpochBatchSampler.batches_per_epoch(len(dataset), cfg.data.batch_size)
     if batches_per_epoch == 0:
@@ -247,10 +335,13 @@ def train(
             f"{fbank.feat_dim}: set features.num_mel_bins or the model's feat_dim"
         )
     model.to(device)
+    # Noise, reverb, speed and SpecAugment on the batch, on the device (all off by default).
+    # Speed perturbation makes each perturbed copy a new speaker: the head grows to 3x.
+    augment = build_augmentation(cfg.augment, sample_rate, device, num_speakers=len(speakers))
     loss_fn = build_loss(
         cfg.loss.name,
         embed_dim=model.embed_dim,
-        num_classes=len(speakers),
+        num_classes=augment.num_classes,
         margin=cfg.loss.margin,
         scale=cfg.loss.scale,
         mining=cfg.loss.mining,
@@ -275,6 +366,7 @@ def train(
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     start_step = 0
+    bad_in_a_row = 0  # consecutive skipped steps (NaN/Inf), carried across a resume
     if found is not None:
         path, state = found
         if state["num_speakers"] != len(speakers):
@@ -291,16 +383,22 @@ def train(
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_step = int(state["step"])
+        bad_in_a_row = int(state.get("bad_steps_in_a_row", 0))
         log.info("resumed from %s at step %d", path, start_step)
     elif cfg.model.init_from:
         loaded = init_weights(cfg.model.init_from, model, loss_fn, speakers)
         log.info("initialised: %s", loaded)
 
-    metrics_log = _MetricsLog(run_dir / "metrics.jsonl", start_step if found is not None else None)
+    metrics_log = _MetricsLog(
+        run_dir / "metrics.jsonl",
+        start_step if found is not None else None,
+        enabled=ctx.is_main,
+    )
+    train_step = distributed.wrap_ddp(distributed.TrainStep(model, loss_fn), ctx)
     bundle_view = Bundle(encoder=model, fbank=fbank)
 
     def dev_eval(step: int) -> dict | None:
-        if dev_utts is None:
+        if dev_utts is None or not ctx.is_main:
             return None
         result = evaluate(
             bundle_view,
@@ -323,7 +421,9 @@ def train(
             )
         return record
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int) -> Path | None:
+        if not ctx.is_main:
+            return None
         state = {
             "model": model.state_dict(),
             "loss": loss_fn.state_dict(),
@@ -337,18 +437,21 @@ def train(
                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             },
             "config": config_to_dict(cfg),
+            "bad_steps_in_a_row": bad_in_a_row,
         }
-        save_checkpoint(checkpoint_dir, step, state)
+        path = save_checkpoint(checkpoint_dir, step, state)
         prune_checkpoints(checkpoint_dir, cfg.train.keep_checkpoints)
+        return path
 
     log.info(
-        "training %s (%.2fM parameters) on %d utterances of %d speakers, device %s, %s",
+        "training %s (%.2fM parameters) on %d utterances of %d speakers, device %s, %s%s",
         cfg.model.name,
         count_parameters(model) / 1e6,
         len(train_utts),
         len(speakers),
         device,
         "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        f", rank {ctx.rank} of {ctx.world_size}" if ctx.is_distributed else "",
     )
     result = TrainResult(
         run_dir=run_dir, bundle_path=run_dir / "bundle", start_step=start_step, end_step=start_step
@@ -360,7 +463,7 @@ def train(
         epoch, start_batch = divmod(step, batches_per_epoch)
         while True:
             if cfg.data.sampler == "speaker_balanced":
-                sampler = SpeakerBalancedBatchSampler(
+                global_batches = SpeakerBalancedBatchSampler(
                     utterance_labels,
                     cfg.data.batch_size // per_speaker,
                     per_speaker,
@@ -369,13 +472,21 @@ def train(
                     start_batch=start_batch,
                 )
             else:
-                sampler = EpochBatchSampler(
+                global_batches = EpochBatchSampler(
                     len(dataset),
                     cfg.data.batch_size,
                     seed=cfg.train.seed,
                     epoch=epoch,
                     start_batch=start_batch,
                 )
+            # Every rank draws the same global batches and keeps its own slice of each.
+            sampler = (
+                distributed.ShardedBatchSampler(
+                    global_batches, rank=ctx.rank, world_size=ctx.world_size
+                )
+                if ctx.is_distributed
+                else global_batches
+            )
             loader = DataLoader(
                 dataset,
                 batch_sampler=sampler,
@@ -383,6 +494,10 @@ def train(
                 num_workers=cfg.data.num_workers,
                 worker_init_fn=_worker_init,
                 pin_memory=device.type == "cuda",
+                # A loader draws its workers' base seed when iterated; from the global RNG that
+                # would shift the dither noise of a run resumed mid-epoch. Its own generator keeps
+                # the global stream identical with or without a resume.
+                generator=torch.Generator().manual_seed(cfg.train.seed),
             )
             yield from loader
             epoch, start_batch = epoch + 1, 0
@@ -404,60 +519,128 @@ def train(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
+    buffers = [*model.buffers(), *loss_fn.buffers()]
     step = start_step
     data_iter = batches(step)
     t_loop = time.perf_counter()
-    while step < cfg.train.max_steps:
-        wav, labels = next(data_iter)
-        wav = wav.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        lr = learning_rate(
-            step, optim=cfg.optim, schedule=cfg.schedule, max_steps=cfg.train.max_steps
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        m = margin(step, loss=cfg.loss)
-        set_margin(loss_fn, m)
-
-        with torch.no_grad():
-            feats, frame_lengths = fbank(wav)
-        with autocast:
-            emb = model(feats, frame_lengths)
-            out = loss_fn(emb, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(out.loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            out.loss.backward()
-        if o.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-        loss_value = float(out.loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}")
-        result.losses.append(loss_value)
-        step += 1
-        accuracy = float(out.accuracy)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", lr=f"{lr:.2e}")
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            metrics_log.write(
-                {"step": step, "loss": loss_value, "accuracy": accuracy, "lr": lr, "margin": m}
+    with _StopSignals() as signals:
+        while step < cfg.train.max_steps:
+            wav, labels = next(data_iter)
+            wav = wav.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            lr = learning_rate(
+                step, optim=cfg.optim, schedule=cfg.schedule, max_steps=cfg.train.max_steps
             )
-        if (
-            cfg.train.eval_every > 0
-            and step % cfg.train.eval_every == 0
-            and step < cfg.train.max_steps
-        ):
-            dev_eval(step)
-        if step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
-            checkpoint(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            m = margin(step, loss=cfg.loss)
+            set_margin(loss_fn, m)
+
+            with torch.no_grad():
+                # A CPU generator seeded by the step: a resumed run augments step s exactly as
+                # an uninterrupted one did, with nothing more in the checkpoint.
+                generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+                lengths = torch.full((wav.shape[0],), wav.shape[1], device=device)
+                wav, lengths, labels = augment.waveform(wav, lengths, labels, generator)
+                feats, frame_lengths = fbank(wav, lengths)
+                feats = augment.features(feats, frame_lengths, generator)
+                # BatchNorm running statistics change in the forward pass; a skipped step must
+                # not keep them (a NaN batch would poison them for good). They are small.
+                saved_buffers = [b.clone() for b in buffers]
+            with autocast:
+                loss, accuracy_t = train_step(feats, frame_lengths, labels)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            # The norm is measured even without clipping: a NaN/Inf gradient must not reach the
+            # weights. Under DDP the gradients are already averaged, so every rank sees the same.
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else math.inf)
+            )
+            loss_value = float(loss.detach())
+            reason = (
+                f"loss is {loss_value}"
+                if not math.isfinite(loss_value)
+                else f"gradient norm is {grad_norm}"
+                if not math.isfinite(grad_norm)
+                else None
+            )
+            # One collective for both decisions, so that every rank skips and stops together.
+            skip, stop = ctx.any(reason is not None, signals.received is not None)
+            if skip:
+                with torch.no_grad():
+                    for b, saved_b in zip(buffers, saved_buffers):
+                        b.copy_(saved_b)
+            else:
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
+            if scaler is not None:
+                scaler.update()  # after a skipped step too: an overflow lowers the scale
+
+            result.losses.append(loss_value)
+            step += 1
+            accuracy = float(accuracy_t)
+            bar.update(1)
+            if skip:
+                bad_in_a_row += 1
+                result.bad_steps.append(step)
+                reason = reason or "another rank's loss or gradient is not finite"
+                log.warning("step %d skipped: %s (%d in a row)", step, reason, bad_in_a_row)
+                metrics_log.write(
+                    {
+                        "step": step,
+                        "event": "skipped_step",
+                        "reason": reason,
+                        "bad_steps_in_a_row": bad_in_a_row,
+                        "lr": lr,
+                    }
+                )
+                if bad_in_a_row >= cfg.train.max_bad_steps_in_a_row:
+                    raise TrainingDiverged(
+                        f"{bad_in_a_row} steps in a row (steps {step - bad_in_a_row + 1}..{step}) "
+                        f"had a NaN/Inf loss or gradient ({reason}); stopped as "
+                        f"train.max_bad_steps_in_a_row={cfg.train.max_bad_steps_in_a_row} says. "
+                        f"See {run_dir / 'metrics.jsonl'}; the checkpoints in {checkpoint_dir} "
+                        "hold the weights before; a lower optim.lr or a look at the data may help"
+                    )
+            else:
+                bad_in_a_row = 0
+                bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.2f}", lr=f"{lr:.2e}")
+                if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                    metrics_log.write(
+                        {
+                            "step": step,
+                            "loss": loss_value,
+                            "accuracy": accuracy,
+                            "lr": lr,
+                            "margin": m,
+                        }
+                    )
+            if (
+                cfg.train.eval_every > 0
+                and step % cfg.train.eval_every == 0
+                and step < cfg.train.max_steps
+            ):
+                dev_eval(step)
+            saved = step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps
+            if saved:
+                checkpoint(step)
+            if stop:
+                if not saved:
+                    checkpoint(step)
+                bar.close()
+                what = signals.received or "a signal on another rank"
+                metrics_log.write({"step": step, "event": "interrupted", "signal": what})
+                raise TrainingInterrupted(
+                    f"stopped by {what} after step {step}; checkpoint written to "
+                    f"{checkpoint_dir / f'step_{step:08d}'}; continue with the same command "
+                    f"and --resume (out: {run_dir})"
+                )
     bar.close()
     train_wall_s = time.perf_counter() - t_loop
     metrics_log.write(
@@ -471,6 +654,9 @@ def train(
     )
     checkpoint(step)
     result.end_step = step
+    if not ctx.is_main:  # rank 0 evaluates and writes the bundle
+        result.wall_s = time.perf_counter() - t0
+        return result
 
     result.dev_final = dev_eval(step)
     threshold = None
@@ -490,6 +676,7 @@ def train(
         "loss": asdict(cfg.loss),
         "init_from": cfg.model.init_from,
         "freeze_encoder": cfg.train.freeze_encoder,
+        "augment": asdict(cfg.augment),
         "dev": result.dev_final,
         "dev_initial": result.dev_initial,
         "device": describe_device(device),
@@ -512,7 +699,15 @@ def train_recipe(
     and the first unfinished one continues from its newest checkpoint. A recipe without phases
     trains straight into ``run_dir``.
     """
-    run_dir = Path(run_dir)
+    try:
+        return _train_phases(phases, Path(run_dir), resume=resume, progress=progress)
+    finally:
+        distributed.teardown()  # under torchrun: leave the process group after the last phase
+
+
+def _train_phases(
+    phases: list[Phase], run_dir: Path, *, resume: bool, progress: bool
+) -> list[TrainResult]:
     if len(phases) == 1 and phases[0].name == "":
         return [train(phases[0].config, run_dir, resume=resume, progress=progress)]
     results = []

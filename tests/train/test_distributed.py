@@ -1,0 +1,145 @@
+"""Two gloo processes train the same model as one process with the same global batch.
+
+The encoder here has no BatchNorm: with per-rank batches, BatchNorm statistics are those of each
+rank's slice (SyncBatchNorm exists for GPUs only), so only a BatchNorm-free model can be held to
+exact equality. Dither is off for the same reason: each rank would draw noise for its own slice.
+What is tested is the rest: the sharded sampler, DDP's gradient averaging (encoder and loss
+head), the schedules and the optimiser, and that only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from speakerprint.errors import ConfigError
+from speakerprint.models.base import EncoderModule
+from speakerprint.train import distributed, loop
+from speakerprint.train.checkpoint import load_checkpoint
+from speakerprint.train.distributed import ShardedBatchSampler, per_rank_batch_size
+from tests.conftest import tiny_config
+
+STEPS = 3
+
+
+class _MeanLinear(EncoderModule):
+    """Masked mean of the frames, then a linear map and a tanh: no BatchNorm, no dropout."""
+
+    family = "test_mean_linear"
+
+    def __init__(self, *, feat_dim: int = 80, embed_dim: int = 16) -> None:
+        super().__init__()
+        self.feat_dim, self.embed_dim, self.min_frames = feat_dim, embed_dim, 1
+        self._hparams = {"feat_dim": feat_dim, "embed_dim": embed_dim}
+        self.proj = nn.Linear(feat_dim, embed_dim)
+
+    def forward(self, feats, lengths=None):
+        mask = self.input_mask(feats, lengths).transpose(1, 2).float()  # (B, T, 1)
+        pooled = (feats * mask).sum(1) / mask.sum(1)  # (B, F)
+        return torch.tanh(self.proj(pooled))  # (B, D)
+
+
+def _create_model(name, **kwargs):
+    return _MeanLinear(**kwargs)
+
+
+def _config(data):
+    return tiny_config(
+        data,
+        **{
+            "data.dev_manifest": "null",
+            "data.dev_trials": "null",
+            "data.batch_size": 8,
+            "features.dither": 0.0,
+            "model.name": "test_mean_linear",
+            "model.args": "{}",
+            "train.max_steps": STEPS,
+            "train.checkpoint_every": 100,
+            "train.num_threads": 1,
+            "optim.lr": 0.05,
+        },
+    )
+
+
+def _rank_main(rank: int, world_size: int, port: int, data, out) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    loop.create_model = _create_model  # this process imported the real one
+    try:
+        result = loop.train(_config(data), out, progress=False)
+        assert len(result.losses) == STEPS
+    finally:
+        distributed.teardown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_train_the_model_of_one(tmp_path, demo_prepared, monkeypatch):
+    monkeypatch.setattr(loop, "create_model", _create_model)
+    threads = torch.get_num_threads()
+    try:
+        loop.train(_config(demo_prepared), tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(
+        _rank_main,
+        args=(2, _free_port(), demo_prepared, tmp_path / "two"),
+        nprocs=2,
+        join=True,
+    )
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / f"step_{STEPS:08d}")
+    two = load_checkpoint(tmp_path / "two" / "checkpoints" / f"step_{STEPS:08d}")
+    start = _MeanLinear().state_dict()
+    for part in ("model", "loss"):
+        assert one[part].keys() == two[part].keys()
+        for key in one[part]:
+            torch.testing.assert_close(two[part][key], one[part][key], rtol=1e-5, atol=1e-6)
+    # The weights moved, so equality is not that of two untouched models.
+    assert not torch.allclose(one["model"]["proj.weight"], start["proj.weight"])
+    # Only rank 0 wrote: one metrics file with one record per step, one bundle.
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert sum('"loss"' in line for line in lines) == STEPS
+    assert (tmp_path / "two" / "bundle" / "model.safetensors").is_file()
+
+
+def test_the_ranks_slices_make_up_the_global_batch():
+    batches = [list(range(i, i + 8)) for i in range(0, 32, 8)]
+    for world_size in (1, 2, 4):
+        shards = [
+            list(ShardedBatchSampler(batches, rank=r, world_size=world_size))
+            for r in range(world_size)
+        ]
+        for b, batch in enumerate(batches):
+            assert sum((s[b] for s in shards), []) == batch
+            assert {len(s[b]) for s in shards} == {8 // world_size}
+
+
+def test_a_global_batch_that_does_not_divide_is_a_config_error():
+    assert per_rank_batch_size(64, 4) == 16
+    with pytest.raises(ConfigError, match="divide evenly among the 3 processes"):
+        per_rank_batch_size(64, 3)
+
+
+def test_one_process_without_torchrun_is_not_distributed(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = distributed.setup("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.is_distributed) == (0, 1, True, False)
+    assert ctx.any(True, False) == [True, False]
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE"):
+        distributed.setup("cpu")
