@@ -15,8 +15,8 @@ nothing extra is stored: the noise and RIR banks are decoded once at start-up.
 - :mod:`~speakerprint.augment.specaugment`: time and frequency masks inside valid frames.
 - :mod:`~speakerprint.augment.codec`: Opus/AAC re-encoding with PyAV, CPU, in the loader workers.
 
-How the training loop calls it (``train/loop.py``; not wired in yet)
---------------------------------------------------------------------
+How the training loop calls it (``train/loop.py``)
+--------------------------------------------------
 1. After ``fbank`` is built, build it once and size the loss head with it. With
    ``augment.speed_perturb`` the head has ``3 * len(speakers)`` classes (label ``y`` at speed
    0.9 becomes ``y + num_speakers``, at 1.1 ``y + 2 * num_speakers``); otherwise

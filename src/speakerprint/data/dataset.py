@@ -8,7 +8,7 @@ batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
 import numpy as np
@@ -36,7 +36,9 @@ class CropDataset(Dataset):
     """Random crops of ``crop_s`` seconds with speaker labels.
 
     Indexed by ``(utterance_index, crop_seed)`` pairs from :class:`EpochBatchSampler`. Returns
-    ``(wav (crop_samples,) float32, label)``.
+    ``(wav (crop_samples,) float32, label)``. ``transform(wav, rng)``, when given, changes each
+    crop in the loader worker (e.g. codec simulation, :mod:`speakerprint.augment.codec`); it
+    draws from the crop's own generator, so a crop does not depend on the number of workers.
     """
 
     def __init__(
@@ -46,8 +48,10 @@ class CropDataset(Dataset):
         speaker_to_label: dict[str, int],
         crop_s: float,
         sample_rate: int = 16000,
+        transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     ) -> None:
         self.utts = list(utts)
+        self.transform = transform
         self.speaker_to_label = speaker_to_label
         self.sample_rate = sample_rate
         self.crop_samples = int(round(crop_s * sample_rate))
@@ -68,7 +72,10 @@ class CropDataset(Dataset):
             start_s=(utt.offset_s or 0.0) + start_s,  # a segment's crop stays inside it
             duration_s=min(self.crop_s, utt.duration_s),
         )
-        return fit_to_length(wav, self.crop_samples), self.speaker_to_label[utt.speaker]
+        wav = fit_to_length(wav, self.crop_samples)
+        if self.transform is not None:
+            wav = self.transform(wav, rng)
+        return wav, self.speaker_to_label[utt.speaker]
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
