@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from speakerprint.audio.io import load_audio, resample
+from speakerprint.audio.io import fit_to_length, load_audio, resample
 from speakerprint.errors import BundleError
-from speakerprint.inference.result import VerificationResult
+from speakerprint.inference.result import VerificationResult, cosine_score
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -203,17 +203,11 @@ class OnnxSpeakerEncoder:
         out[:, : wavs.shape[1]] = wavs
         lengths = lengths.copy()
         for row in short:
-            n = int(lengths[row])
-            out[row, :need] = np.tile(wavs[row, :n], -(-need // n))[:need]
+            out[row, :need] = fit_to_length(wavs[row, : int(lengths[row])], need)
             lengths[row] = need
         return out, lengths
 
-    @staticmethod
-    def score(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
-        """Cosine similarity of two embeddings."""
-        a = np.asarray(emb_a, dtype=np.float64)
-        b = np.asarray(emb_b, dtype=np.float64)
-        return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+    score = staticmethod(cosine_score)
 
     def verify(
         self,
@@ -235,10 +229,5 @@ class OnnxSpeakerEncoder:
             source = f"{measured['method']} on {measured['measured_on']}"
         else:
             source = "given"
-        score = self.score(self.embed(a, sample_rate), self.embed(b, sample_rate))
-        return VerificationResult(
-            score=score,
-            threshold=float(threshold),
-            same_speaker=score >= threshold,
-            threshold_source=source,
-        )
+        score = cosine_score(self.embed(a, sample_rate), self.embed(b, sample_rate))
+        return VerificationResult.decide(score, threshold, source)

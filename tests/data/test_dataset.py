@@ -4,13 +4,13 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from speakerprint.audio import fit_to_length
 from speakerprint.data.dataset import (
     CropDataset,
     EpochBatchSampler,
     UtteranceDataset,
     collate_crops,
     collate_padded,
-    fit_to_length,
     length_sorted_batches,
 )
 from speakerprint.data.manifest import Utterance

@@ -8,6 +8,20 @@
 
 from __future__ import annotations
 
-from speakerprint.audio.io import AudioInfo, AudioLoadError, audio_info, load_audio, resample
+from speakerprint.audio.io import (
+    AudioInfo,
+    AudioLoadError,
+    audio_info,
+    fit_to_length,
+    load_audio,
+    resample,
+)
 
-__all__ = ["AudioInfo", "AudioLoadError", "audio_info", "load_audio", "resample"]
+__all__ = [
+    "AudioInfo",
+    "AudioLoadError",
+    "audio_info",
+    "fit_to_length",
+    "load_audio",
+    "resample",
+]

@@ -21,7 +21,14 @@ import soxr
 
 from speakerprint.errors import SpeakerprintError
 
-__all__ = ["AudioInfo", "AudioLoadError", "audio_info", "load_audio", "resample"]
+__all__ = [
+    "AudioInfo",
+    "AudioLoadError",
+    "audio_info",
+    "fit_to_length",
+    "load_audio",
+    "resample",
+]
 
 # Extensions tried with soundfile first; everything else goes straight to PyAV. MP3 is left to
 # PyAV on purpose: FFmpeg applies the encoder delay/padding (gapless) info consistently.
@@ -161,6 +168,19 @@ def load_audio(
         )
     # Float files, lossy decoders and resampling can overshoot full scale slightly.
     return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def fit_to_length(wav: np.ndarray, num_samples: int) -> np.ndarray:
+    """Repeat a short waveform until it fills ``num_samples`` (then cut); longer ones are cut.
+
+    Repetition rather than zero padding keeps every training frame real speech, as WeSpeaker and
+    the ECAPA recipes do.
+    """
+    if len(wav) == 0:
+        raise ValueError("cannot fit an empty waveform")
+    if len(wav) < num_samples:
+        wav = np.tile(wav, -(-num_samples // len(wav)))
+    return wav[:num_samples]
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:

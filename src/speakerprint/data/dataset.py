@@ -15,21 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from speakerprint.audio import load_audio
+from speakerprint.audio import fit_to_length, load_audio
 from speakerprint.data.manifest import Utterance
-
-
-def fit_to_length(wav: np.ndarray, num_samples: int) -> np.ndarray:
-    """Repeat a short waveform until it fills ``num_samples`` (then cut); longer ones are cut.
-
-    Repetition rather than zero padding keeps every training frame real speech, as WeSpeaker and
-    the ECAPA recipes do.
-    """
-    if len(wav) == 0:
-        raise ValueError("cannot fit an empty waveform")
-    if len(wav) < num_samples:
-        wav = np.tile(wav, -(-num_samples // len(wav)))
-    return wav[:num_samples]
 
 
 class CropDataset(Dataset):

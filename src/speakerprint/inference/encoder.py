@@ -17,7 +17,7 @@ import torch
 
 from speakerprint.audio import load_audio, resample
 from speakerprint.errors import BundleError, ConfigError
-from speakerprint.inference.result import VerificationResult
+from speakerprint.inference.result import VerificationResult, cosine_score
 from speakerprint.models.bundle import Bundle, load_bundle
 
 #: The model that ships with the package (see README: ECAPA-TDNN C=512 trained on the 100 training
@@ -237,12 +237,7 @@ class SpeakerEncoder:
         ]
         return [(start, end) for start, end in spans if end > start]
 
-    @staticmethod
-    def score(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
-        """Cosine similarity of two embeddings."""
-        a = np.asarray(emb_a, dtype=np.float64)
-        b = np.asarray(emb_b, dtype=np.float64)
-        return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+    score = staticmethod(cosine_score)
 
     def verify(
         self,
@@ -264,13 +259,8 @@ class SpeakerEncoder:
             threshold, source = measured.value, f"{measured.method} on {measured.measured_on}"
         else:
             source = "given"
-        score = self.score(self.embed(a, sample_rate), self.embed(b, sample_rate))
-        return VerificationResult(
-            score=score,
-            threshold=float(threshold),
-            same_speaker=score >= threshold,
-            threshold_source=source,
-        )
+        score = cosine_score(self.embed(a, sample_rate), self.embed(b, sample_rate))
+        return VerificationResult.decide(score, threshold, source)
 
 
 def _vad_detector(vad: str | Callable) -> Callable:

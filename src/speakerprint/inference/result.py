@@ -3,9 +3,24 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
-__all__ = ["VerificationResult"]
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["VerificationResult", "cosine_score"]
+
+
+def cosine_score(emb_a: ArrayLike, emb_b: ArrayLike) -> float:
+    """Cosine similarity of two embeddings, in float64.
+
+    >>> cosine_score([1.0, 0.0], [1.0, 1.0])
+    0.7071067811865475
+    """
+    a = np.asarray(emb_a, dtype=np.float64)
+    b = np.asarray(emb_b, dtype=np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 @dataclass(frozen=True)
@@ -23,6 +38,17 @@ class VerificationResult:
     threshold: float
     same_speaker: bool
     threshold_source: str
+
+    @classmethod
+    def decide(cls, score: float, threshold: float, source: str) -> VerificationResult:
+        """Same speaker when ``score >= threshold``.
+
+        Raises:
+            ValueError: a threshold that is not a finite number.
+        """
+        if not math.isfinite(threshold):
+            raise ValueError(f"the threshold must be a finite number, got {threshold}")
+        return cls(float(score), float(threshold), bool(score >= threshold), source)
 
     def to_dict(self) -> dict[str, float | bool | str]:
         return asdict(self)
