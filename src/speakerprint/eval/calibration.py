@@ -33,11 +33,13 @@ import scipy.special
 from numpy.typing import ArrayLike
 
 from speakerprint.eval.metrics import (
+    DetCurve,
+    _count,
+    _eer,
+    _min_dcf,
     _validate,
     bayes_threshold,
-    compute_act_dcf,
     compute_eer,
-    compute_min_dcf,
     det_curve,
 )
 
@@ -244,10 +246,13 @@ def threshold_at_fa_rate(scores: ArrayLike, labels: ArrayLike, fa_rate: float) -
     >>> threshold_at_fa_rate([0.1, 0.2, 0.3, 0.4, 0.9], [0, 0, 0, 0, 1], fa_rate=0.25)
     0.4
     """
+    return _threshold_at_fa_rate(det_curve(scores, labels), fa_rate)
+
+
+def _threshold_at_fa_rate(det: DetCurve, fa_rate: float) -> float:
     fa_rate = float(fa_rate)
     if not 0.0 <= fa_rate <= 1.0:
         raise ValueError(f"fa_rate must lie in [0, 1], got {fa_rate}")
-    det = det_curve(scores, labels)
     # fpr never rises along the ascending thresholds and ends at 0, so a first one exists.
     return float(det.thresholds[int(np.argmax(det.fpr <= fa_rate))])
 
@@ -319,19 +324,14 @@ def operating_points(
     >>> [p.name for p in operating_points([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])]
     ['EER', 'FA <= 1%', 'FA <= 0.1%', 'minDCF p_target=0.01', 'minDCF p_target=0.05']
     """
-    scores_arr, is_target = _validate(scores, labels)
-    labels_arr = is_target.astype(np.int64)
-    chosen = [("EER", compute_eer(scores_arr, labels_arr).threshold)]
-    chosen += [
-        (f"FA <= {100 * rate:g}%", threshold_at_fa_rate(scores_arr, labels_arr, rate))
-        for rate in fa_rates
-    ]
-    chosen += [
-        (f"minDCF p_target={p:g}", compute_min_dcf(scores_arr, labels_arr, p_target=p).threshold)
-        for p in p_targets
-    ]
+    counts = _count(*_validate(scores, labels))  # one sort for every row of the table
+    det = counts.det()
+    chosen = [("EER", _eer(counts).threshold)]
+    chosen += [(f"FA <= {100 * r:g}%", _threshold_at_fa_rate(det, r)) for r in fa_rates]
+    chosen += [(f"minDCF p_target={p:g}", _min_dcf(det, p, 1.0, 1.0).threshold) for p in p_targets]
     points = []
     for name, threshold in chosen:
-        at = compute_act_dcf(scores_arr, labels_arr, threshold)
-        points.append(OperatingPoint(name, float(threshold), at.false_accept_rate, at.miss_rate))
+        # Every chosen threshold is one of the DET's operating points: read its rates there.
+        k = int(np.searchsorted(det.thresholds, threshold))
+        points.append(OperatingPoint(name, threshold, float(det.fpr[k]), float(det.fnr[k])))
     return points
