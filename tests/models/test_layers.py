@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speakerprint.models import lengths_to_mask
+from speakerprint.models import create_model, lengths_to_mask
 from speakerprint.models.layers import (
     AttentiveStatisticsPooling,
     MaskedBatchNorm1d,
     MaskedBatchNorm2d,
 )
+from speakerprint.models.layers.conv import reflect_pad
 from speakerprint.models.utils import masked_mean_std
 
 
@@ -107,15 +108,70 @@ def test_masked_batch_norm_scripts(affine, track_running_stats):
             assert torch.equal(scripted.state_dict()[name], value), name
 
 
-def test_global_context_attention_equals_explicit_concatenation():
-    """The split-weight shortcut equals the paper's [h; mean; std] concatenation on every frame."""
+@pytest.mark.parametrize("hidden_norm", [False, True])
+def test_global_context_attention_equals_explicit_concatenation(hidden_norm):
+    """The split-weight shortcut equals the paper's [h; mean; std] concatenation on every frame,
+    with f = tanh (WeSpeaker) and f = tanh(BN(ReLU(.))) (SpeechBrain, NeMo)."""
     torch.manual_seed(0)
-    pool = AttentiveStatisticsPooling(6, attention_channels=4, global_context=True)
+    pool = AttentiveStatisticsPooling(
+        6, attention_channels=4, global_context=True, hidden_norm=hidden_norm
+    )
+    if hidden_norm:  # running statistics far from (0, 1), so that forgetting the BN shows
+        pool.attention_norm.running_mean.uniform_(-1.0, 1.0)
+        pool.attention_norm.running_var.uniform_(0.2, 3.0)
+        pool.attention_norm.weight.data.uniform_(0.5, 2.0)
+    pool.eval()
     x = torch.randn(2, 6, 9)
     mask = lengths_to_mask(torch.tensor([9, 5]), 9).unsqueeze(1)
     x = x * mask
     mean, std = masked_mean_std(x, mask)
     context = torch.cat([x, mean[..., None].expand_as(x), std[..., None].expand_as(x)], dim=1)
-    scores = pool.attention_out(torch.tanh(pool.attention_hidden(context)))
+    hidden = pool.attention_hidden(context)
+    if hidden_norm:
+        bn = pool.attention_norm
+        hidden = torch.nn.functional.batch_norm(
+            torch.relu(hidden), bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps
+        )
+    scores = pool.attention_out(torch.tanh(hidden))
     expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     torch.testing.assert_close(pool.attention_weights(x, mask), expected)
+
+
+def test_reflect_pad_mirrors_each_row_at_its_own_end():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 10)
+    lengths = torch.tensor([10, 7, 4])
+    mask = lengths_to_mask(lengths, 10).unsqueeze(1)
+    padded = reflect_pad(x * mask, mask, 3)
+    assert padded.shape == (3, 2, 16)
+    for row, length in enumerate(lengths.tolist()):
+        alone = torch.nn.functional.pad(x[row : row + 1, :, :length], (3, 3), mode="reflect")
+        assert torch.equal(padded[row, :, : length + 6], alone[0])
+
+
+def test_reflect_pad_mirrors_rows_too_short_for_one_reflection_again_and_again():
+    x = torch.tensor([[[1.0, 2.0, 3.0, 0.0]]])  # three valid frames, padding 4: F.pad refuses
+    mask = lengths_to_mask(torch.tensor([3]), 4).unsqueeze(1)
+    padded = reflect_pad(x, mask, 4)
+    assert padded[0, 0, :11].tolist() == [1, 2, 3, 2, 1, 2, 3, 2, 1, 2, 3]
+    one = reflect_pad(
+        torch.tensor([[[5.0, 0.0]]]), lengths_to_mask(torch.tensor([1]), 2)[:, None], 2
+    )
+    assert one[0, 0, :5].tolist() == [5.0] * 5
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_ecapa_embeddings_do_not_depend_on_batch_padding(padding_mode):
+    torch.manual_seed(0)
+    model = create_model(
+        "ecapa_tdnn", channels=16, mfa_channels=48, embed_dim=8, padding_mode=padding_mode
+    ).eval()
+    feats = torch.randn(2, 40, 80)
+    lengths = torch.tensor([40, 23])
+    batch = model(feats, lengths)
+    alone = model(feats[1:, :23], None)
+    torch.testing.assert_close(batch[1:], alone, rtol=1e-5, atol=1e-5)
+    if padding_mode == "reflect":  # and reflection is not zero padding
+        zeros = create_model("ecapa_tdnn", channels=16, mfa_channels=48, embed_dim=8).eval()
+        zeros.load_state_dict(model.state_dict())
+        assert not torch.allclose(zeros(feats[1:, :23]), alone, atol=1e-4)

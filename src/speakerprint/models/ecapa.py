@@ -5,9 +5,25 @@ Layer by layer, with C = ``channels`` and M = ``mfa_channels``::
     feats (B, T, F) -> (B, F, T)
     Conv1d k=5 + ReLU + BN                      -> (B, C, T)
     SE-Res2Block, dilation 2, 3, 4 (k=3, scale 8) -> 3 x (B, C, T)
-    concat of the three block outputs, Conv1d k=1 + ReLU -> (B, M, T)   multi-layer aggregation
+    concat of the three block outputs, Conv1d k=1 + ReLU + BN -> (B, M, T)   multi-layer aggregation
     attentive statistics pooling, global context  -> (B, 2M)
     BN, Linear, BN                                -> (B, D)
+
+The paper leaves some details to its implementations, and the public ones differ; each difference
+is an argument, so that SpeechBrain's and WeSpeaker's checkpoints load exactly
+(``speakerprint.convert``). The defaults are SpeechBrain's except for the last BN and the padding:
+
+=================== ============================ ======================== =====================
+argument            default                      SpeechBrain              WeSpeaker
+=================== ============================ ======================== =====================
+``mfa_norm``        BN after the MFA conv + ReLU yes                      no
+``attention_norm``  ReLU + BN before the tanh    yes                      no
+``embedding_norm``  BN after the Linear (paper)  no                       ``emb_bn`` (off)
+``padding_mode``    ``zeros``                    ``reflect``              ``zeros``
+=================== ============================ ======================== =====================
+
+Without the two normalisations the attention can saturate into uniform weights
+(docs/understanding.md shows it in a model trained that way).
 
 Two details follow WeSpeaker rather than the paper's text:
 
@@ -33,7 +49,12 @@ from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
 from speakerprint.models.base import EncoderModule
-from speakerprint.models.layers import AttentiveStatisticsPooling, ConvReluBn, SERes2Block
+from speakerprint.models.layers import (
+    AttentiveStatisticsPooling,
+    ConvReluBn,
+    MaskedBatchNorm1d,
+    SERes2Block,
+)
 from speakerprint.models.registry import register_model
 from speakerprint.models.utils import check_int
 
@@ -51,6 +72,10 @@ class EcapaTdnn(EncoderModule):
         attention_channels: bottleneck of the attentive pooling.
         dilations: one SE-Res2Block per entry, with that dilation.
         global_context: append the utterance mean and std to each frame in the attention.
+        mfa_norm: BatchNorm after the multi-layer aggregation conv and its ReLU.
+        attention_norm: ReLU + BatchNorm between the attention's hidden conv and its tanh.
+        embedding_norm: BatchNorm after the final Linear.
+        padding_mode: ``zeros`` or ``reflect`` (each utterance mirrored at its own ends).
 
     >>> model = EcapaTdnn(channels=64, mfa_channels=192, embed_dim=32).eval()
     >>> feats, lengths = torch.randn(2, 200, 80), torch.tensor([200, 150])
@@ -72,6 +97,10 @@ class EcapaTdnn(EncoderModule):
         attention_channels: int = 128,
         dilations: Sequence[int] = (2, 3, 4),
         global_context: bool = True,
+        mfa_norm: bool = True,
+        attention_norm: bool = True,
+        embedding_norm: bool = True,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         for name, value in [
@@ -93,8 +122,16 @@ class EcapaTdnn(EncoderModule):
         if len(dilations) == 0:
             raise ConfigError("dilations must name at least one SE-Res2Block")
         dilations = tuple(check_int("dilations[]", d) for d in dilations)
-        if not isinstance(global_context, bool):
-            raise ConfigError(f"global_context must be a bool, got {global_context!r}")
+        for name, flag in [
+            ("global_context", global_context),
+            ("mfa_norm", mfa_norm),
+            ("attention_norm", attention_norm),
+            ("embedding_norm", embedding_norm),
+        ]:
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be a bool, got {flag!r}")
+        if padding_mode not in ("zeros", "reflect"):
+            raise ConfigError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
 
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
@@ -111,22 +148,35 @@ class EcapaTdnn(EncoderModule):
             "attention_channels": attention_channels,
             "dilations": list(dilations),
             "global_context": global_context,
+            "mfa_norm": mfa_norm,
+            "attention_norm": attention_norm,
+            "embedding_norm": embedding_norm,
+            "padding_mode": padding_mode,
         }
 
-        self.stem = ConvReluBn(feat_dim, channels, kernel_size=5)
+        self.stem = ConvReluBn(feat_dim, channels, kernel_size=5, padding_mode=padding_mode)
         self.blocks = nn.ModuleList(
             SERes2Block(
-                channels, kernel_size=3, dilation=d, scale=res2_scale, se_channels=se_channels
+                channels,
+                kernel_size=3,
+                dilation=d,
+                scale=res2_scale,
+                se_channels=se_channels,
+                padding_mode=padding_mode,
             )
             for d in dilations
         )
         self.aggregate = nn.Conv1d(channels * len(dilations), mfa_channels, kernel_size=1)
+        self.aggregate_norm = MaskedBatchNorm1d(mfa_channels) if mfa_norm else None
         self.pool = AttentiveStatisticsPooling(
-            mfa_channels, attention_channels=attention_channels, global_context=global_context
+            mfa_channels,
+            attention_channels=attention_channels,
+            global_context=global_context,
+            hidden_norm=attention_norm,
         )
         self.pool_norm = nn.BatchNorm1d(self.pool.out_dim)
         self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
-        self.embedding_norm = nn.BatchNorm1d(embed_dim)
+        self.embedding_norm = nn.BatchNorm1d(embed_dim) if embedding_norm else nn.Identity()
 
     def _frame_features(self, feats: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """-> aggregated frame features (B, M, T), zero at padded frames, and the (B, 1, T) mask."""
@@ -137,8 +187,11 @@ class EcapaTdnn(EncoderModule):
         for block in self.blocks:
             x = block(x, mask)
             block_outputs.append(x)
-        x = F.relu(self.aggregate(torch.cat(block_outputs, dim=1))) * mask  # (B, M, T)
-        return x, mask
+        x = F.relu(self.aggregate(torch.cat(block_outputs, dim=1)))  # (B, M, T)
+        norm = self.aggregate_norm
+        if norm is not None:
+            x = norm(x, mask)
+        return x * mask, mask
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         """feats: (B, T, F); lengths: (B,) valid frames, None for all -> embeddings (B, D)."""
@@ -164,6 +217,10 @@ def ecapa_tdnn(
     attention_channels: int = 128,
     dilations: Sequence[int] = (2, 3, 4),
     global_context: bool = True,
+    mfa_norm: bool = True,
+    attention_norm: bool = True,
+    embedding_norm: bool = True,
+    padding_mode: str = "zeros",
 ) -> EcapaTdnn:
     """ECAPA-TDNN with every argument open; the family that saved models are rebuilt from."""
     return EcapaTdnn(
@@ -176,6 +233,10 @@ def ecapa_tdnn(
         attention_channels=attention_channels,
         dilations=dilations,
         global_context=global_context,
+        mfa_norm=mfa_norm,
+        attention_norm=attention_norm,
+        embedding_norm=embedding_norm,
+        padding_mode=padding_mode,
     )
 
 
@@ -193,5 +254,5 @@ def ecapa_tdnn_c1024(*, feat_dim: int = 80, embed_dim: int = 192) -> EcapaTdnn:
 
 @register_model
 def ecapa_tdnn_c1024_mfa3072(*, feat_dim: int = 80, embed_dim: int = 192) -> EcapaTdnn:
-    """C = 1024, M = 3072: 20.76M parameters, the model SpeechBrain and 3D-Speaker call C = 1024."""
+    """C = 1024, M = 3072: 20.77M parameters, the model SpeechBrain and 3D-Speaker call C = 1024."""
     return EcapaTdnn(feat_dim=feat_dim, embed_dim=embed_dim, channels=1024, mfa_channels=3072)

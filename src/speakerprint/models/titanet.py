@@ -25,10 +25,11 @@ Details the paper leaves out follow NVIDIA NeMo's ``titanet-large.yaml`` / ``tit
 * The embedding is ``Linear(BN(pooled))`` as in NeMo's decoder, with no BN after it.
 * Dropout: NeMo trains with 0.1 in the mega blocks; here it is an argument, 0 by default.
 
-Two deliberate differences from NeMo, each worth a few thousand parameters (counted in the tests):
-the squeeze-and-excitation linears carry biases (the package's one SE layer; NeMo's have none), and
-the attention's hidden 1x1 conv is followed by tanh only (the package's one attentive pooling,
-as in ECAPA-TDNN; NeMo adds ReLU + BN before the tanh).
+* The attention's hidden 1x1 conv is followed by ReLU + BN before the tanh, as in NeMo's
+  ``AttentivePoolLayer`` (``attention_norm``).
+
+One deliberate difference from NeMo, worth a few thousand parameters (counted in the tests): the
+squeeze-and-excitation linears carry biases (the package's one SE layer; NeMo's have none).
 
 Padded frames are zeroed before every convolution; the SE means, BN batch statistics, the pooling
 statistics and the attention softmax skip them, so padding never changes an embedding, in training
@@ -118,6 +119,7 @@ class TitaNet(EncoderModule):
         prolog_kernel_size: kernel of the prolog's separable conv.
         se_reduction: C / bottleneck of the squeeze-and-excitation layers.
         attention_channels: bottleneck of the attentive pooling.
+        attention_norm: ReLU + BatchNorm between the attention's hidden conv and its tanh (NeMo).
         dropout: after each ReLU inside the prolog, mega blocks and epilog.
 
     >>> import torch
@@ -142,6 +144,7 @@ class TitaNet(EncoderModule):
         se_reduction: int = 8,
         attention_channels: int = 128,
         dropout: float = 0.0,
+        attention_norm: bool = True,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -168,6 +171,8 @@ class TitaNet(EncoderModule):
         for name, width in [("channels", channels), ("epilog_channels", epilog_channels)]:
             if width < se_reduction:
                 raise ConfigError(f"{name} ({width}) must be >= se_reduction ({se_reduction})")
+        if not isinstance(attention_norm, bool):
+            raise ConfigError(f"attention_norm must be a bool, got {attention_norm!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
             raise ConfigError(f"dropout must be a float, got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
@@ -188,6 +193,7 @@ class TitaNet(EncoderModule):
             "se_reduction": se_reduction,
             "attention_channels": attention_channels,
             "dropout": float(dropout),
+            "attention_norm": attention_norm,
         }
 
         def block(c_in: int, c_out: int, kernel: int, repeats: int, residual: bool):
@@ -207,7 +213,10 @@ class TitaNet(EncoderModule):
         )
         self.epilog = block(channels, epilog_channels, 1, 1, False)
         self.pool = AttentiveStatisticsPooling(
-            epilog_channels, attention_channels=attention_channels, global_context=True
+            epilog_channels,
+            attention_channels=attention_channels,
+            global_context=True,
+            hidden_norm=attention_norm,
         )
         self.pool_norm = nn.BatchNorm1d(self.pool.out_dim)
         self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
@@ -244,6 +253,7 @@ def titanet(
     se_reduction: int = 8,
     attention_channels: int = 128,
     dropout: float = 0.0,
+    attention_norm: bool = True,
 ) -> TitaNet:
     """TitaNet with every argument open (TitaNet-L by default); saved models rebuild from it."""
     return TitaNet(
@@ -257,6 +267,7 @@ def titanet(
         se_reduction=se_reduction,
         attention_channels=attention_channels,
         dropout=dropout,
+        attention_norm=attention_norm,
     )
 
 
@@ -278,7 +289,7 @@ def titanet_m(*, feat_dim: int = 80, embed_dim: int = 192, dropout: float = 0.0)
 
 @register_model
 def titanet_l(*, feat_dim: int = 80, embed_dim: int = 192, dropout: float = 0.0) -> TitaNet:
-    """C = 1024, E = 3072: 22,130,096 parameters; 25.33M with a 16,681-speaker head (paper 25.3M)."""
+    """C = 1024, E = 3072: 22,130,352 parameters; 25.33M with a 16,681-speaker head (paper 25.3M)."""
     return TitaNet(
         feat_dim=feat_dim,
         embed_dim=embed_dim,

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speakerprint.models.layers.norm import MaskedBatchNorm1d
 
 
+def reflect_pad(x: Tensor, mask: Tensor, padding: int) -> Tensor:
+    """Pad (B, C, T) by ``padding`` frames a side, mirroring each row at its own last valid frame.
+
+    Row b with L valid frames becomes ``x[b, :, r(j - padding)]`` for j in [0, T + 2 padding), where
+    r reflects about 0 and L - 1 (as ``F.pad(mode="reflect")`` does on the L valid frames alone), so
+    the valid output frames of a padded batch equal those of each utterance run alone. Rows of
+    ``padding`` frames or fewer, which ``F.pad`` refuses, are mirrored again and again (period
+    2 (L - 1); a one-frame row repeats its frame).
+    """
+    length = mask.sum(dim=-1).clamp(min=1)  # (B, 1)
+    period = (2 * (length - 1)).clamp(min=1)
+    index = torch.arange(-padding, x.shape[-1] + padding, device=x.device).unsqueeze(0)  # (1, T')
+    index = torch.remainder(index.abs(), period)  # (B, T')
+    index = torch.where(index >= length, period - index, index)
+    return torch.gather(x, 2, index.unsqueeze(1).expand(-1, x.shape[1], -1))
+
+
 class ConvReluBn(nn.Module):
-    """Conv1d with zero "same" padding, then ReLU, then BatchNorm, then zeroing of padded frames.
+    """Conv1d with "same" padding, then ReLU, then BatchNorm, then zeroing of padded frames.
 
     Zeroing the output keeps the next convolution from reading padded frames: a frame near the end
     of a short utterance then sees the same zeros whether the utterance is alone or padded in a batch.
+    ``padding_mode="reflect"`` mirrors each utterance at its own ends instead (SpeechBrain's
+    convolutions do this), which is just as independent of batch padding (:func:`reflect_pad`).
 
     >>> import torch
     >>> block = ConvReluBn(80, 512, kernel_size=5)
@@ -22,17 +42,32 @@ class ConvReluBn(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, kernel_size: int = 1, dilation: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 1,
+        dilation: int = 1,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the frame count, got {kernel_size}")
-        padding = dilation * (kernel_size - 1) // 2
+        if padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+        self.padding = dilation * (kernel_size - 1) // 2
+        self.reflect = padding_mode == "reflect" and self.padding > 0
         self.conv = nn.Conv1d(
-            in_channels, out_channels, kernel_size, dilation=dilation, padding=padding
+            in_channels,
+            out_channels,
+            kernel_size,
+            dilation=dilation,
+            padding=0 if self.reflect else self.padding,
         )
         self.norm = MaskedBatchNorm1d(out_channels)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, C_in, T), zero at padded frames; mask: (B, 1, T) bool -> (B, C_out, T)."""
+        if self.reflect:
+            x = reflect_pad(x, mask, self.padding)
         return self.norm(F.relu(self.conv(x)), mask) * mask

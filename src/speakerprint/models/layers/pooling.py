@@ -6,16 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speakerprint.models.layers.norm import MaskedBatchNorm1d
 from speakerprint.models.utils import masked_mean_std
 
 
 class AttentiveStatisticsPooling(nn.Module):
     """Channel-dependent attentive mean and standard deviation over the valid frames.
 
-    For each channel c and frame t: ``e = V tanh(W [h_t; mean; std] + b) + k`` and
+    For each channel c and frame t: ``e = V f(W [h_t; mean; std] + b) + k`` and
     ``alpha[c, t] = softmax_t(e[c, t])``, with the utterance mean and std of h appended to every frame
     when ``global_context`` is set (Desplanques et al. 2020, eq. 7-9). Padded frames get
     ``e = -inf``, so zero weight. The output is ``[sum_t alpha h_t; sqrt(sum_t alpha (h_t - mean)^2)]``.
+
+    The paper leaves the non-linearity f open. With ``hidden_norm`` (the default) it is
+    ReLU, BatchNorm, tanh, as in SpeechBrain's ECAPA-TDNN and NeMo's TitaNet; without it, tanh
+    alone, as in WeSpeaker. The BatchNorm matters: the global-context part of ``W [h; mean; std]``
+    is constant over time and, unnormalised, can grow until the tanh saturates on every frame and
+    alpha is uniform (docs/understanding.md shows a model trained that way).
 
     >>> pool = AttentiveStatisticsPooling(1536, attention_channels=128)
     >>> x, mask = torch.randn(2, 1536, 50), torch.ones(2, 1, 50, dtype=torch.bool)
@@ -29,14 +36,17 @@ class AttentiveStatisticsPooling(nn.Module):
         *,
         attention_channels: int = 128,
         global_context: bool = True,
+        hidden_norm: bool = True,
         eps: float = 1e-7,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.global_context = global_context
+        self.hidden_norm = hidden_norm
         self.eps = eps
         in_channels = 3 * channels if global_context else channels
         self.attention_hidden = nn.Conv1d(in_channels, attention_channels, kernel_size=1)
+        self.attention_norm = MaskedBatchNorm1d(attention_channels) if hidden_norm else None
         self.attention_out = nn.Conv1d(attention_channels, channels, kernel_size=1)
 
     @property
@@ -53,6 +63,9 @@ class AttentiveStatisticsPooling(nn.Module):
             mean, std = masked_mean_std(x, mask, eps=self.eps)
             context = F.linear(torch.cat([mean, std], dim=1), weight[:, self.channels :])
             hidden = hidden + context.unsqueeze(-1)
+        norm = self.attention_norm
+        if norm is not None:
+            hidden = norm(F.relu(hidden), mask)
         scores = self.attention_out(torch.tanh(hidden))  # (B, C, T)
         scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1)

@@ -22,7 +22,15 @@ class Res2Conv1d(nn.Module):
     torch.Size([2, 512, 50])
     """
 
-    def __init__(self, channels: int, *, kernel_size: int, dilation: int, scale: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_size: int,
+        dilation: int,
+        scale: int,
+        padding_mode: str = "zeros",
+    ) -> None:
         super().__init__()
         if channels % scale != 0:
             raise ValueError(f"channels ({channels}) must be divisible by scale ({scale})")
@@ -30,7 +38,13 @@ class Res2Conv1d(nn.Module):
         self.scale = scale
         num_convs = max(scale - 1, 1)
         self.convs = nn.ModuleList(
-            ConvReluBn(self.width, self.width, kernel_size=kernel_size, dilation=dilation)
+            ConvReluBn(
+                self.width,
+                self.width,
+                kernel_size=kernel_size,
+                dilation=dilation,
+                padding_mode=padding_mode,
+            )
             for _ in range(num_convs)
         )
 
@@ -60,11 +74,24 @@ class SERes2Block(nn.Module):
     """
 
     def __init__(
-        self, channels: int, *, kernel_size: int, dilation: int, scale: int, se_channels: int
+        self,
+        channels: int,
+        *,
+        kernel_size: int,
+        dilation: int,
+        scale: int,
+        se_channels: int,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         self.conv_in = ConvReluBn(channels, channels, kernel_size=1)
-        self.res2 = Res2Conv1d(channels, kernel_size=kernel_size, dilation=dilation, scale=scale)
+        self.res2 = Res2Conv1d(
+            channels,
+            kernel_size=kernel_size,
+            dilation=dilation,
+            scale=scale,
+            padding_mode=padding_mode,
+        )
         self.conv_out = ConvReluBn(channels, channels, kernel_size=1)
         self.se = SqueezeExcitation1d(channels, bottleneck=se_channels)
 
