@@ -57,6 +57,13 @@ class ExportSource:
         return config.window_size + config.window_shift * (max(self.encoder.min_frames, 1) - 1)
 
     def module(self, with_features: bool) -> nn.Module:
+        if with_features and not isinstance(self.fbank, Fbank):
+            kind = self.fbank.config.to_dict().get("kind")
+            raise BundleError(
+                f"this model's features are {kind!r} features (a converted checkpoint), which "
+                "only the Kaldi fbank graph can put inside an export: export without features "
+                "(without --with-features; with_features=False) and compute them with the bundle"
+            )
         if with_features:
             return WaveformEncoder(ExportFbank(self.fbank), self.encoder).eval()
         return self.encoder
@@ -107,7 +114,7 @@ def resolve_source(source: Source, fbank_config: FbankConfig | None = None) -> E
     if isinstance(source, Bundle):
         return ExportSource(
             encoder=copy.deepcopy(source.encoder).cpu().eval(),
-            fbank=Fbank(source.fbank.config).eval(),
+            fbank=copy.deepcopy(source.fbank).cpu().eval(),
             threshold=None if source.threshold is None else dict(vars(source.threshold)),
             bundle_path=None,
             fingerprint=None,

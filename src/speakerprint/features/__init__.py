@@ -1,4 +1,5 @@
-"""Features: the one Kaldi-compatible log-mel filterbank, as a batched ``nn.Module``.
+"""Features: the Kaldi-compatible log-mel filterbank, as a batched ``nn.Module``, and the front
+ends of peer toolkits whose converted checkpoints need their own (``frontend_from_dict``).
 
 >>> import torch
 >>> from speakerprint.features import Fbank, FbankConfig
@@ -9,6 +10,34 @@ torch.Size([1, 98, 80])
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from torch import nn
+
+from speakerprint.errors import ConfigError
 from speakerprint.features.fbank import Fbank, FbankConfig, mean_normalize
 
-__all__ = ["Fbank", "FbankConfig", "mean_normalize"]
+__all__ = ["FRONTEND_KINDS", "Fbank", "FbankConfig", "frontend_from_dict", "mean_normalize"]
+
+# kind -> module defining ``from_dict(data) -> nn.Module``. Every front end takes
+# ``(wav (B, N) float32 in [-1, 1], lengths (B,) samples)`` and returns ``(feats (B, T, F), frames
+# (B,))``, has ``feat_dim`` and ``num_frames(samples)``, and a ``config`` with ``sample_rate``,
+# ``frame_length_ms``, ``frame_shift_ms``, ``window_size``, ``window_shift`` and ``to_dict()``
+# (which records ``kind``; the Kaldi fbank's dict has no ``kind`` key, as in every older bundle).
+FRONTEND_KINDS = {
+    "speechbrain": "speakerprint.features.speechbrain",
+    "nemo": "speakerprint.features.nemo",
+}
+
+
+def frontend_from_dict(data: dict[str, Any]) -> nn.Module:
+    """The feature extractor a bundle's ``features`` dict describes."""
+    kind = data.get("kind", "kaldi")
+    if kind == "kaldi":
+        return Fbank(FbankConfig.from_dict({k: v for k, v in data.items() if k != "kind"}))
+    if kind not in FRONTEND_KINDS:
+        raise ConfigError(
+            f"unknown features kind {kind!r}; known: {['kaldi', *sorted(FRONTEND_KINDS)]}"
+        )
+    return importlib.import_module(FRONTEND_KINDS[kind]).from_dict(data)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speakerprint.errors import BundleError
-from speakerprint.features import Fbank, FbankConfig
+from speakerprint.features import Fbank, FbankConfig, frontend_from_dict
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
 from speakerprint.utils.io import atomic_dir, atomic_write_text
@@ -155,7 +155,7 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     config = read_bundle_config(path)
     try:
         encoder = create_model(config["model"]["family"], **config["model"]["args"])
-        fbank = Fbank(FbankConfig.from_dict(config["features"]))
+        fbank = frontend_from_dict(config["features"])
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"model bundle {path}: cannot rebuild the model: {e}") from None
     try:
