@@ -1,0 +1,101 @@
+"""`speakerprint serve`: the HTTP service (see speakerprint.serve.app) under uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from speakerprint.cli.main import _clean_errors, app
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@app.command()
+@_clean_errors
+def serve(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model bundle (default: the model the --db store was made with, else the "
+            "shipped model)"
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="Enrollment store (SQLite file; made if missing). Without it /enroll, "
+            "/identify and /speakers answer 404"
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPEAKERPRINT_API_KEY",
+            show_envvar=True,
+            help="Require this key in the X-API-Key header on every endpoint but /health",
+        ),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload per file, MiB")] = 10.0,
+    max_duration_s: Annotated[float, typer.Option(help="Longest audio per file, seconds")] = 60.0,
+    max_enroll_files: Annotated[
+        int, typer.Option(help="Most recordings in one /enroll request")
+    ] = 20,
+    inference_threads: Annotated[
+        int, typer.Option(help="Requests decoded and embedded at once (model calls take turns)")
+    ] = 2,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug")
+    ] = "info",
+) -> None:
+    """Serve embed, verify, enroll and identify over HTTP (FastAPI + uvicorn).
+
+    Endpoints: GET /health, POST /embed, /verify, /enroll, /identify, GET /speakers,
+    DELETE /speakers/{name}; uploads are multipart file fields. Needs the "serve" extra
+    (fastapi, uvicorn, python-multipart).
+    """
+    from speakerprint.cli.store import _store_model
+    from speakerprint.errors import ConfigError
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ConfigError(
+            f"--log-level must be one of critical, error, warning, info, debug; got {log_level!r}"
+        )
+    try:
+        import uvicorn
+
+        from speakerprint.serve import create_app
+
+        application = create_app(
+            model=_store_model(db, model) if db is not None else model,
+            store=db,
+            api_key=api_key,
+            max_upload_mb=max_upload_mb,
+            max_duration_s=max_duration_s,
+            max_enroll_files=max_enroll_files,
+            inference_threads=inference_threads,
+        )
+    except ImportError as e:
+        from speakerprint.serve import INSTALL_HINT
+
+        message = str(e) if INSTALL_HINT in str(e) else f"{e}: {INSTALL_HINT}"
+        raise ConfigError(message) from None
+    encoder = application.state.encoder
+    typer.echo(
+        f"serving {encoder.path} (fingerprint {encoder.fingerprint[:16]}...) on "
+        f"http://{host}:{port}; store: {db or 'none'}; API key: "
+        f"{'required' if api_key is not None else 'not required'}",
+        err=True,
+    )
+    if api_key is None and host not in _LOOPBACK:
+        typer.echo(
+            f"warning: listening on {host} without an API key: anyone who can reach it can "
+            "enroll and remove speakers (set --api-key or SPEAKERPRINT_API_KEY)",
+            err=True,
+        )
+    uvicorn.run(application, host=host, port=port, log_level=log_level)

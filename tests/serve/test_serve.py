@@ -1,0 +1,304 @@
+"""The HTTP service against a real uvicorn server on 127.0.0.1, with httpx as the client.
+
+One server for the module (the tiny fixture model, a fresh SQLite store, an API key, small limits
+so that the limit cases stay small); real speechocean762 recordings as uploads.
+"""
+
+import io
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+from speakerprint.audio import load_audio  # noqa: E402
+from speakerprint.inference import SpeakerEncoder  # noqa: E402
+from speakerprint.inference.store import EnrollmentStore, StoreError  # noqa: E402
+from speakerprint.serve import create_app  # noqa: E402
+
+KEY = "test-key-0123"
+MAX_UPLOAD_MB = 0.25  # 262,144 bytes per file; the body limit adds 64 KiB of form overhead
+MAX_DURATION_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data):
+    """Two speechocean762 speakers, four short recordings each (under the duration limit)."""
+    root = shared_data / "speechocean762" / "train"
+    chosen = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [
+            str(f)
+            for f in sorted(folder.glob("*.opus"))
+            if sf.info(str(f)).duration < MAX_DURATION_S
+        ]
+        if len(files) >= 4:
+            chosen[folder.name] = files[:4]
+        if len(chosen) == 2:
+            return chosen
+    pytest.skip("fewer than two speechocean762 speakers with four short recordings")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bundle):
+    return SpeakerEncoder.from_pretrained(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, encoder):
+    """A live server in a background thread; yields (base_url, store path)."""
+    db = tmp_path_factory.mktemp("serve") / "speakers.db"
+    app = create_app(
+        model=encoder,
+        store=db,
+        api_key=KEY,
+        max_upload_mb=MAX_UPLOAD_MB,
+        max_duration_s=MAX_DURATION_S,
+        inference_threads=4,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # a free port, chosen by the kernel and held from here on
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server[0], headers={"X-API-Key": KEY}, timeout=30) as c:
+        yield c
+
+
+def _file(path, field="audio"):
+    with open(path, "rb") as f:
+        return (field, (os.path.basename(path), f.read(), "audio/ogg"))
+
+
+def _bytes(data, name, field="audio"):
+    return (field, (name, data, "application/octet-stream"))
+
+
+def test_health_needs_no_key(server, encoder):
+    r = httpx.get(f"{server[0]}/health")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_fingerprint"] == encoder.fingerprint
+    assert body["embed_dim"] == encoder.embed_dim and body["sample_rate"] == encoder.sample_rate
+    assert body["threshold"] == pytest.approx(encoder.bundle.threshold.value)
+    assert body["api_key_required"] is True
+    assert body["limits"]["max_duration_s"] == MAX_DURATION_S
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}])
+def test_every_other_endpoint_needs_the_key(server, speech, headers):
+    url = server[0]
+    wav = next(iter(speech.values()))[0]
+    expected = "missing_api_key" if not headers else "wrong_api_key"
+    calls = [
+        httpx.post(f"{url}/embed", files=[_file(wav)], headers=headers),
+        httpx.post(f"{url}/verify", files=[_file(wav, "a"), _file(wav, "b")], headers=headers),
+        httpx.get(f"{url}/speakers", headers=headers),
+        httpx.delete(f"{url}/speakers/anyone", headers=headers),
+    ]
+    for r in calls:
+        assert r.status_code == 401, (r.request.url, r.text)
+        assert r.json()["error"] == expected
+
+
+def test_embed_equals_the_python_api(client, encoder, speech):
+    path = next(iter(speech.values()))[0]
+    r = client.post("/embed", files=[_file(path)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    np.testing.assert_allclose(body["embedding"], encoder.embed(path), rtol=0, atol=1e-6)
+    assert body["embed_dim"] == encoder.embed_dim
+    assert body["filename"] == os.path.basename(path)
+    assert body["duration_s"] == pytest.approx(len(load_audio(path, 16000)) / 16000)
+
+
+def test_verify_matches_the_python_api_under_concurrency(client, encoder, speech):
+    (a_files, b_files) = speech.values()
+    pairs = [(a_files[0], a_files[1]), (a_files[0], b_files[0])]
+    expected = [encoder.verify(a, b) for a, b in pairs]
+
+    def call(i):
+        a, b = pairs[i % 2]
+        return client.post("/verify", files=[_file(a, "a"), _file(b, "b")])
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, range(8)))
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        body, want = r.json(), expected[i % 2]
+        assert body["score"] == pytest.approx(want.score, abs=1e-6)
+        assert body["threshold"] == pytest.approx(want.threshold)
+        assert body["same_speaker"] is want.same_speaker
+        assert body["threshold_source"] == want.threshold_source
+        assert body["decision"] == ("same speaker" if want.same_speaker else "different speakers")
+        assert (body["a"], body["b"]) == tuple(os.path.basename(p) for p in pairs[i % 2])
+
+    # A given threshold decides instead of the bundle's.
+    a, b = pairs[0]
+    r = client.post("/verify", files=[_file(a, "a"), _file(b, "b")], data={"threshold": "1.01"})
+    assert r.json()["same_speaker"] is False and r.json()["threshold_source"] == "given"
+
+
+def test_enroll_identify_list_remove(client, server, encoder, speech):
+    db = server[1]
+    (ann, ann_files), (bob, bob_files) = speech.items()
+    for name, files in ((ann, ann_files[:3]), (bob, bob_files[:3])):
+        r = client.post("/enroll", data={"name": name}, files=[_file(f) for f in files])
+        assert r.status_code == 200, r.text
+        assert r.json() == {"name": name, "added": 3, "total": 3}
+
+    r = client.get("/speakers")
+    assert r.status_code == 200, r.text
+    listed = {s["name"]: s for s in r.json()["speakers"]}
+    assert listed.keys() == {ann, bob} and r.json()["count"] == 2
+    assert listed[ann]["sources"] == [os.path.basename(f) for f in ann_files[:3]]
+    with EnrollmentStore.open(db, model_fingerprint=encoder.fingerprint) as store:
+        np.testing.assert_allclose(
+            store.embeddings(bob), [encoder.embed(f) for f in bob_files[:3]], atol=1e-6
+        )
+
+    # Identification mirrors the store's Python API on the query's embedding.
+    query = ann_files[3]
+    with EnrollmentStore.open(db, model_fingerprint=encoder.fingerprint) as store:
+        want = store.identify(
+            encoder.embed(query),
+            threshold=encoder.bundle.threshold.value,
+            model_fingerprint=encoder.fingerprint,
+            top_k=2,
+        )
+    r = client.post("/identify", files=[_file(query)], data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["name"] for c in body["candidates"]] == [n for n, _ in want.candidates]
+    assert [c["score"] for c in body["candidates"]] == pytest.approx(
+        [s for _, s in want.candidates], abs=1e-6
+    )
+    assert body["speaker"] == want.speaker
+    assert body["decision"] == (want.speaker or "unknown")
+    # Thresholds just below and above the best score: the best name, then "unknown".
+    best = body["score"]
+    r = client.post("/identify", files=[_file(query)], data={"threshold": str(best - 1e-3)})
+    assert r.json()["decision"] == want.candidates[0][0] and r.json()["known"] is True
+    r = client.post("/identify", files=[_file(query)], data={"threshold": str(best + 1e-3)})
+    assert r.json()["decision"] == "unknown" and r.json()["speaker"] is None
+    assert len(r.json()["candidates"]) == 2  # top_k defaults to 5; two speakers exist
+
+    # One undecodable file among good ones: refused, and nothing is enrolled.
+    files = [_file(bob_files[3]), _bytes(b"\x00garbage" * 100, "bad.wav")]
+    r = client.post("/enroll", data={"name": bob}, files=files)
+    assert r.status_code == 415 and r.json()["field"] == "audio[1]", r.text
+    assert {s["name"]: s["num_embeddings"] for s in client.get("/speakers").json()["speakers"]}[
+        bob
+    ] == 3
+
+    r = client.delete(f"/speakers/{bob}")
+    assert r.status_code == 200 and r.json() == {"removed": bob, "num_embeddings": 3}
+    r = client.delete(f"/speakers/{bob}")
+    assert r.status_code == 404 and r.json()["error"] == "unknown_speaker"
+    assert [s["name"] for s in client.get("/speakers").json()["speakers"]] == [ann]
+
+
+def _wav_bytes(wav, sample_rate):
+    buf = io.BytesIO()
+    sf.write(buf, wav, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_oversized_uploads_are_refused_before_decoding(client, speech):
+    limit = int(MAX_UPLOAD_MB * 1024 * 1024)
+    # Over the per-file limit but inside the body's form overhead: refused by field.
+    r = client.post("/embed", files=[_bytes(b"\x01" * (limit + 1000), "big.wav")])
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "upload_too_large" and r.json()["field"] == "audio"
+    assert r.json()["filename"] == "big.wav"
+    # Far over: refused from the declared Content-Length, before the body is read.
+    r = client.post("/embed", files=[_bytes(b"\x01" * (4 * limit), "huge.wav")])
+    assert r.status_code == 413 and "declares" in r.json()["detail"], r.text
+    # Streamed without a length (chunked): refused once the bytes counted pass the limit.
+    boundary = "speakerprintboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="s.wav"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+
+    def chunks():
+        yield head
+        for _ in range(16):
+            yield b"\x01" * (limit // 4)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post(
+        "/embed",
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert r.status_code == 413 and "sent at least" in r.json()["detail"], r.text
+
+
+def test_bad_audio_is_a_4xx_naming_the_field(client, speech):
+    good = next(iter(speech.values()))[0]
+    r = client.post("/embed", files=[_bytes(b"", "empty.wav")])
+    assert r.status_code == 400 and r.json()["error"] == "empty_upload", r.text
+    garbage = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    r = client.post("/verify", files=[_file(good, "a"), _bytes(garbage, "noise.wav", "b")])
+    assert r.status_code == 415, r.text
+    body = r.json()
+    assert body["error"] == "undecodable_audio" and body["field"] == "b"
+    assert body["filename"] == "noise.wav" and "noise.wav" in body["detail"]
+    assert "speakerprint-serve-" not in body["detail"]  # no temporary path leaks out
+    # Real speech, tiled past the duration limit, at 8 kHz to stay under the size limit.
+    wav = load_audio(good, 8000)
+    long = np.tile(wav, int(np.ceil((MAX_DURATION_S + 1) * 8000 / len(wav))))
+    r = client.post("/embed", files=[_bytes(_wav_bytes(long, 8000), "long.wav")])
+    assert r.status_code == 413 and r.json()["error"] == "audio_too_long", r.text
+    assert r.json()["field"] == "audio"
+    # A missing field and a bad top_k are validation errors that name the field.
+    r = client.post("/verify", files=[_file(good, "a")])
+    assert r.status_code == 422 and r.json()["field"] == "b", r.text
+    r = client.post("/identify", files=[_file(good)], data={"top_k": "0"})
+    assert r.status_code == 422 and r.json()["field"] == "top_k", r.text
+
+
+def test_a_store_of_another_model_is_refused_at_startup(tmp_path, encoder):
+    db = tmp_path / "other.db"
+    EnrollmentStore.open(db, model_fingerprint="b" * 64, embed_dim=32, create=True).close()
+    with pytest.raises(StoreError, match="another model"):
+        create_app(model=encoder, store=db)
+
+
+def test_without_a_store_or_speakers(tmp_path, encoder, speech):
+    from fastapi.testclient import TestClient
+
+    wav = next(iter(speech.values()))[0]
+    with TestClient(create_app(model=encoder)) as c:  # no store, no key
+        r = c.get("/speakers")
+        assert r.status_code == 404 and r.json()["error"] == "no_store", r.text
+        assert c.post("/embed", files=[_file(wav)]).status_code == 200
+    with TestClient(create_app(model=encoder, store=tmp_path / "empty.db")) as c:
+        r = c.post("/identify", files=[_file(wav)])
+        assert r.status_code == 409 and r.json()["error"] == "no_speakers", r.text
+        assert c.get("/speakers").json()["count"] == 0

@@ -1,0 +1,88 @@
+"""`speakerprint serve` (uvicorn.run replaced by a recorder) and the extra's install hint."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from speakerprint.cli.main import app
+
+uvicorn = pytest.importorskip("uvicorn")
+testclient = pytest.importorskip("fastapi.testclient")
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """What `serve` handed to uvicorn.run: [(app, kwargs)]."""
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: calls.append((application, kw)))
+    return calls
+
+
+def test_serve_builds_the_app_and_runs_uvicorn(tmp_path, tiny_bundle, served):
+    db = tmp_path / "speakers.db"
+    args = ["serve", "--model", str(tiny_bundle), "--db", str(db), "--port", "8123"]
+    result = runner.invoke(app, [*args, "--max-upload-mb", "2"], env={"SPEAKERPRINT_API_KEY": "k1"})
+    assert result.exit_code == 0, result.output
+    ((application, kwargs),) = served
+    assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8123
+    assert db.is_file() and "API key: required" in result.output
+    with testclient.TestClient(application) as client:
+        health = client.get("/health").json()
+        assert health["api_key_required"] and health["limits"]["max_upload_mb"] == 2.0
+        assert client.get("/speakers").status_code == 401
+        assert client.get("/speakers", headers={"X-API-Key": "k1"}).json()["count"] == 0
+
+    # Without --model, the store's own model is served (as `identify` does).
+    result = runner.invoke(
+        app, ["serve", "--db", str(db), "--host", "0.0.0.0"], env={"SPEAKERPRINT_API_KEY": None}
+    )
+    assert result.exit_code == 0, result.output
+    application = served[-1][0]
+    assert application.state.encoder.path.resolve() == tiny_bundle.resolve()
+    assert "warning: listening on 0.0.0.0 without an API key" in result.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-upload-mb", "0"], "max_upload_mb must be a positive number"),
+        (["--max-duration-s", "nan"], "max_duration_s must be a positive number"),
+        (["--port", "70000"], "--port must be between"),
+        (["--api-key", " "], "API key must not be empty"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tiny_bundle, served, extra, message):
+    result = runner.invoke(
+        app, ["serve", "--model", str(tiny_bundle), *extra], env={"SPEAKERPRINT_API_KEY": None}
+    )
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not served
+
+
+def test_missing_uvicorn_names_the_extra(monkeypatch, tiny_bundle):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = runner.invoke(
+        app, ["serve", "--model", str(tiny_bundle)], env={"SPEAKERPRINT_API_KEY": None}
+    )
+    assert result.exit_code == 2, result.output
+    assert "pip install 'speakerprint[serve]'" in result.output
+
+
+def test_the_package_imports_without_fastapi():
+    code = (
+        "import sys\n"
+        "sys.modules['fastapi'] = None\n"
+        "import speakerprint, speakerprint.serve\n"
+        "try:\n"
+        "    speakerprint.serve.create_app()\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "pip install 'speakerprint[serve]'" in out
