@@ -167,6 +167,20 @@ def test_calibrate_stores_a_measured_threshold_that_verify_uses(
     assert (nontarget >= threshold["value"]).mean() <= 0.05
     assert config["calibration"]["scale"] > 0
     assert load_bundle(bundle).threshold.value == threshold["value"]
+    # verify decides at the calibrated threshold and states the score as an LLR
+    utts = [json.loads(line) for line in (demo_prepared / "dev.jsonl").read_text().splitlines()]
+    pair = [utts[0]["path"], utts[-1]["path"]]
+    shown = runner.invoke(app, ["verify", "--model", str(bundle), *pair, "--json"])
+    assert shown.exit_code == 0, shown.output
+    decision = json.loads(shown.output)
+    calibration = config["calibration"]
+    expected_llr = calibration["scale"] * decision["score"] + calibration["offset"]
+    assert decision["llr"] == pytest.approx(expected_llr)
+    assert decision["threshold"] == threshold["value"]
+    text = runner.invoke(app, ["verify", "--model", str(bundle), *pair])
+    assert f"log-likelihood ratio {expected_llr:+.2f}" in text.output
+    uncalibrated = runner.invoke(app, ["verify", "--model", str(tiny_bundle), *pair, "--json"])
+    assert json.loads(uncalibrated.output)["llr"] is None
     bad = runner.invoke(app, [*args[:-4], "--at", "fa:2"])
     assert bad.exit_code == 2 and "--at" in bad.output
 

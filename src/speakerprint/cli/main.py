@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -403,6 +404,12 @@ def verify(
             f"{verdict}: score {result.score:.4f}, threshold {result.threshold:.4f} "
             f"({result.threshold_source})"
         )
+        if result.llr is not None:
+            typer.echo(
+                f"log-likelihood ratio {result.llr:+.2f} (natural log; the model's calibration): "
+                f"the score is {math.exp(min(result.llr, 700.0)):.3g} times as likely if it is "
+                "the same speaker"
+            )
 
 
 @app.command()

@@ -249,8 +249,9 @@ class SpeakerEncoder:
     ) -> VerificationResult:
         """Decide whether two recordings share a speaker.
 
-        The threshold is the one measured when the bundle was trained (stated in
-        ``threshold_source``) unless one is given.
+        The threshold is the one measured when the bundle was trained or calibrated (stated in
+        ``threshold_source``) unless one is given. A bundle with a score calibration
+        (``speakerprint calibrate``) also gives the score as a log-likelihood ratio, ``llr``.
         """
         if threshold is None:
             measured = self.bundle.threshold
@@ -260,7 +261,18 @@ class SpeakerEncoder:
         else:
             source = "given"
         score = cosine_score(self.embed(a, sample_rate), self.embed(b, sample_rate))
-        return VerificationResult.decide(score, threshold, source)
+        llr = None
+        if self.bundle.calibration is not None:
+            from speakerprint.eval.calibration import Calibration
+
+            try:
+                calibration = Calibration.from_dict(self.bundle.calibration)
+            except ValueError as e:
+                raise BundleError(
+                    f"the model bundle's score calibration is unreadable: {e}"
+                ) from None
+            llr = float(calibration.llr(score))
+        return VerificationResult.decide(score, threshold, source, llr)
 
 
 def _vad_detector(vad: str | Callable) -> Callable:

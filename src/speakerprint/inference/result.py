@@ -32,15 +32,21 @@ class VerificationResult:
         threshold: the decision threshold: same speaker if ``score >= threshold``.
         same_speaker: the decision.
         threshold_source: where the threshold was measured, or ``"given"``.
+        llr: the score as a natural-log likelihood ratio, when the model carries a score
+            calibration (``speakerprint calibrate``); None otherwise. Positive favours the
+            same speaker; ``exp(llr)`` is how much more likely the score is if it is.
     """
 
     score: float
     threshold: float
     same_speaker: bool
     threshold_source: str
+    llr: float | None = None
 
     @classmethod
-    def decide(cls, score: float, threshold: float, source: str) -> VerificationResult:
+    def decide(
+        cls, score: float, threshold: float, source: str, llr: float | None = None
+    ) -> VerificationResult:
         """Same speaker when ``score >= threshold``.
 
         Raises:
@@ -48,7 +54,8 @@ class VerificationResult:
         """
         if not math.isfinite(threshold):
             raise ValueError(f"the threshold must be a finite number, got {threshold}")
-        return cls(float(score), float(threshold), bool(score >= threshold), source)
+        llr = None if llr is None else float(llr)
+        return cls(float(score), float(threshold), bool(score >= threshold), source, llr)
 
     def to_dict(self) -> dict[str, float | bool | str]:
         return asdict(self)
