@@ -14,6 +14,7 @@ from speakerprint.audio.io import (
     audio_info,
     fit_to_length,
     load_audio,
+    load_audio_bytes,
     resample,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "audio_info",
     "fit_to_length",
     "load_audio",
+    "load_audio_bytes",
     "resample",
 ]

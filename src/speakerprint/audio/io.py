@@ -9,6 +9,7 @@ type, :class:`AudioLoadError`, naming the file and the reason.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -143,8 +144,51 @@ def load_audio(
     if duration_s is not None and (not _is_finite_number(duration_s) or duration_s <= 0):
         raise AudioLoadError(path, f"duration_s must be a finite number > 0, got {duration_s!r}")
     file = _check_file(path)
+    return _decode(file, file.suffix, path, sample_rate, start_s, duration_s)
 
-    if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+
+def load_audio_bytes(
+    data: bytes,
+    name: str,
+    sample_rate: int = 16000,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+) -> np.ndarray:
+    """:func:`load_audio` for an encoded file held in memory (e.g. a member of a tar shard).
+
+    ``name`` is the file's name: its extension picks the decoder, as for a path, and errors name
+    it. Raises :class:`AudioLoadError` exactly where :func:`load_audio` would.
+
+    >>> import io, soundfile
+    >>> buf = io.BytesIO()
+    >>> soundfile.write(buf, np.zeros(1600, dtype=np.float32), 16000, format="WAV")
+    >>> load_audio_bytes(buf.getvalue(), "zeros.wav").shape
+    (1600,)
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise AudioLoadError(name, f"sample_rate must be a positive int, got {sample_rate!r}")
+    if not _is_finite_number(start_s) or start_s < 0:
+        raise AudioLoadError(name, f"start_s must be a finite number >= 0, got {start_s!r}")
+    if duration_s is not None and (not _is_finite_number(duration_s) or duration_s <= 0):
+        raise AudioLoadError(name, f"duration_s must be a finite number > 0, got {duration_s!r}")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise AudioLoadError(name, f"expected bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise AudioLoadError(name, "the file is empty (0 bytes)")
+    return _decode(bytes(data), Path(name).suffix, name, sample_rate, start_s, duration_s)
+
+
+def _decode(
+    file: Path | bytes,
+    suffix: str,
+    path: str | os.PathLike,
+    sample_rate: int,
+    start_s: float,
+    duration_s: float | None,
+) -> np.ndarray:
+    """Decode a file on disk (Path) or in memory (bytes); ``path`` names it in errors."""
+    if suffix.lower() in _SOUNDFILE_EXTENSIONS:
         try:
             wav, file_sr = _read_soundfile(file, path, start_s, duration_s)
         except RuntimeError as sf_error:  # soundfile's LibsndfileError
@@ -168,6 +212,11 @@ def load_audio(
         )
     # Float files, lossy decoders and resampling can overshoot full scale slightly.
     return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _readable(file: Path | bytes):
+    """What soundfile and PyAV open: the path as a string, or the bytes as a file object."""
+    return io.BytesIO(file) if isinstance(file, bytes) else str(file)
 
 
 def fit_to_length(wav: np.ndarray, num_samples: int) -> np.ndarray:
@@ -249,9 +298,9 @@ def _window_samples(
 
 
 def _read_soundfile(
-    file: Path, path: str | os.PathLike, start_s: float, duration_s: float | None
+    file: Path | bytes, path: str | os.PathLike, start_s: float, duration_s: float | None
 ) -> tuple[np.ndarray, int]:
-    with sf.SoundFile(file) as f:
+    with sf.SoundFile(_readable(file)) as f:
         sr, total = f.samplerate, f.frames
         if total <= 0:
             raise AudioLoadError(path, "the file holds no audio samples")
@@ -263,16 +312,17 @@ def _read_soundfile(
     return wav, sr
 
 
-def _check_wav_not_truncated(f: sf.SoundFile, file: Path, path: str | os.PathLike) -> None:
+def _check_wav_not_truncated(f: sf.SoundFile, file: Path | bytes, path: str | os.PathLike) -> None:
     """libsndfile silently reads a WAV cut short; compare the data chunk's stated size with the
     bytes that exist. Sizes 0 and 0xFFFFFFFF mean "unknown" (streamed WAVs) and are accepted."""
     if f.format not in ("WAV", "WAVEX"):
         return
-    with open(file, "rb") as raw:
+    in_memory = isinstance(file, bytes)
+    with io.BytesIO(file) if in_memory else open(file, "rb") as raw:
         header = raw.read(12)
         if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
             return
-        file_size = file.stat().st_size
+        file_size = len(file) if in_memory else file.stat().st_size
         while True:
             chunk = raw.read(8)
             if len(chunk) < 8:
@@ -290,11 +340,11 @@ def _check_wav_not_truncated(f: sf.SoundFile, file: Path, path: str | os.PathLik
             raw.seek(size + (size & 1), os.SEEK_CUR)
 
 
-def _open_pyav(file: Path, path: str | os.PathLike, soundfile_error: Exception | None):
+def _open_pyav(file: Path | bytes, path: str | os.PathLike, soundfile_error: Exception | None):
     import av
 
     try:
-        container = av.open(str(file), mode="r")
+        container = av.open(_readable(file), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as error:
         raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
     stream = container.streams.audio[0] if container.streams.audio else None
@@ -317,7 +367,7 @@ def _decode_failure(error: Exception, soundfile_error: Exception | None) -> str:
 
 
 def _read_pyav(
-    file: Path,
+    file: Path | bytes,
     path: str | os.PathLike,
     start_s: float,
     duration_s: float | None,

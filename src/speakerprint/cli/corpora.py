@@ -186,3 +186,32 @@ def stats(
     if out is not None:
         plot_stats(utts, out)
         typer.echo(f"histograms -> {out}")
+
+
+@app.command()
+@_clean_errors
+def shard(
+    manifest: Annotated[Path, typer.Argument(help="Manifest (JSONL) of the training set")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the shards and shards.json")],
+    utterances_per_shard: Annotated[
+        int, typer.Option(help="Utterances per tar shard (aim for a few hundred MB a shard)")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the order utterances are dealt in")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Pack a manifest's audio into tar shards that training reads sequentially (data.train_shards)."""
+    from tqdm import tqdm
+
+    from speakerprint.data.manifest import read_manifest
+    from speakerprint.data.shards import write_shards
+
+    utts = read_manifest(manifest)
+    with tqdm(total=len(utts), unit="utt", disable=not progress, desc="sharding") as bar:
+        index = write_shards(
+            utts, out, utterances_per_shard=utterances_per_shard, seed=seed, progress=bar.update
+        )
+    size = sum(f.stat().st_size for f in index.files)
+    typer.echo(
+        f"{index.num_utterances} utterances of {len(index.speakers)} speakers "
+        f"({index.hours:.2f} h) in {len(index.files)} shard(s), {size / 1e6:.1f} MB -> {out}"
+    )

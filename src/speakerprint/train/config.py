@@ -42,6 +42,10 @@ class DataConfig:
     # each per batch, as triplet mining needs.
     sampler: Literal["random", "speaker_balanced"] = "random"
     utterances_per_speaker: int = 2  # K, for the speaker_balanced sampler
+    # A `speakerprint shard` folder: train from its tar shards, read as a stream (one random crop
+    # per utterance per epoch through a shuffle buffer), instead of train_manifest's files.
+    train_shards: str | None = None
+    shuffle_buffer: int = 1000  # crops held by each loader worker's shuffle buffer (shards only)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from speakerprint.data.dataset import (
     collate_crops,
 )
 from speakerprint.data.manifest import read_manifest
+from speakerprint.data.shards import ShardCropStream, read_shard_index
 from speakerprint.data.trials import read_trials
 from speakerprint.errors import ConfigError, SpeakerprintError
 from speakerprint.eval.scoring import evaluate
@@ -275,10 +277,23 @@ def train(
     torch.manual_seed(cfg.train.seed)
 
     # Data.
-    if not cfg.data.train_manifest:
-        raise ConfigError("data.train_manifest is required")
-    train_utts = read_manifest(cfg.data.train_manifest)
-    speakers = sorted({u.speaker for u in train_utts})
+    shards = None
+    if cfg.data.train_shards:
+        shards = read_shard_index(cfg.data.train_shards)
+        if cfg.data.sampler != "random":
+            raise ConfigError(
+                f"data.sampler={cfg.data.sampler} picks utterances by speaker, which a stream of "
+                "shards cannot: use data.train_manifest for it"
+            )
+        train_utts = []
+        num_train_utts = shards.num_utterances
+        speakers = list(shards.speakers)
+    elif not cfg.data.train_manifest:
+        raise ConfigError("data.train_manifest (or data.train_shards) is required")
+    else:
+        train_utts = read_manifest(cfg.data.train_manifest)
+        num_train_utts = len(train_utts)
+        speakers = sorted({u.speaker for u in train_utts})
     speaker_to_label = {s: i for i, s in enumerate(speakers)}
     dev_utts = dev_trials = None
     if cfg.data.dev_manifest and cfg.data.dev_trials:
@@ -319,11 +334,36 @@ def train(
         sample_rate=sample_rate,
         transform=build_codec(cfg.augment, sample_rate),  # None unless augment.codec_prob > 0
     )
-    batches_per_epoch = EpochBatchSampler.batches_per_epoch(len(dataset), cfg.data.batch_size)
+
+    def shard_stream(epoch: int, rank: int) -> ShardCropStream:
+        return ShardCropStream(
+            shards,
+            speaker_to_label=speaker_to_label,
+            crop_s=cfg.data.crop_s,
+            sample_rate=sample_rate,
+            buffer_size=cfg.data.shuffle_buffer,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=ctx.world_size,
+            num_workers=cfg.data.num_workers,
+            transform=dataset.transform,
+        )
+
+    if shards is not None:
+        # Each loader worker batches its own crops; every rank stops at the fewest full batches
+        # any rank has, so that all ranks take the same number of steps.
+        batches_per_epoch = min(
+            shard_stream(0, r).batches_per_epoch(per_rank_batch) for r in range(ctx.world_size)
+        )
+        source = f"{cfg.data.train_shards} ({len(shards.files)} shards)"
+    else:
+        batches_per_epoch = EpochBatchSampler.batches_per_epoch(num_train_utts, cfg.data.batch_size)
+        source = cfg.data.train_manifest
     if batches_per_epoch == 0:
         raise ConfigError(
-            f"{cfg.data.train_manifest} has {len(dataset)} utterances, fewer than one batch "
-            f"(data.batch_size={cfg.data.batch_size})"
+            f"{source} has {num_train_utts} utterances, fewer than one batch per loader worker "
+            f"(data.batch_size={cfg.data.batch_size}, data.num_workers={cfg.data.num_workers})"
         )
 
     # Model, features, loss, optimiser.
@@ -447,7 +487,7 @@ def train(
         "training %s (%.2fM parameters) on %d utterances of %d speakers, device %s, %s%s",
         cfg.model.name,
         count_parameters(model) / 1e6,
-        len(train_utts),
+        num_train_utts,
         len(speakers),
         device,
         "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
@@ -459,7 +499,29 @@ def train(
     if start_step == 0 and cfg.train.eval_at_start:
         result.dev_initial = dev_eval(0)
 
+    def shard_batches(step: int):
+        # An epoch's stream is a function of (seed, epoch, rank, worker): a run resumed in the
+        # middle of one replays it and drops the batches already trained on (they are decoded
+        # again, not trained on again).
+        epoch, start_batch = divmod(step, batches_per_epoch)
+        while True:
+            loader = DataLoader(
+                shard_stream(epoch, ctx.rank),
+                batch_size=per_rank_batch,
+                drop_last=True,
+                collate_fn=collate_crops,
+                num_workers=cfg.data.num_workers,
+                worker_init_fn=_worker_init,
+                pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(cfg.train.seed),
+            )
+            yield from itertools.islice(loader, start_batch, batches_per_epoch)
+            epoch, start_batch = epoch + 1, 0
+
     def batches(step: int):
+        if shards is not None:
+            yield from shard_batches(step)
+            return
         epoch, start_batch = divmod(step, batches_per_epoch)
         while True:
             if cfg.data.sampler == "speaker_balanced":
@@ -670,7 +732,7 @@ def train(
         "description": cfg.data.description,
         "train_manifest": cfg.data.train_manifest,
         "num_speakers": len(speakers),
-        "num_utterances": len(train_utts),
+        "num_utterances": num_train_utts,
         "steps": step,
         "model_name": cfg.model.name,
         "loss": asdict(cfg.loss),
