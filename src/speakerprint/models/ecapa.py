@@ -20,6 +20,7 @@ argument            default                      SpeechBrain              WeSpea
 ``attention_norm``  ReLU + BN before the tanh    yes                      no
 ``embedding_norm``  BN after the Linear (paper)  no                       ``emb_bn`` (off)
 ``padding_mode``    ``zeros``                    ``reflect``              ``zeros``
+``context_std_...`` population std (False)       population               unbiased (True)
 =================== ============================ ======================== =====================
 
 Without the two normalisations the attention can saturate into uniform weights
@@ -76,6 +77,8 @@ class EcapaTdnn(EncoderModule):
         attention_norm: ReLU + BatchNorm between the attention's hidden conv and its tanh.
         embedding_norm: BatchNorm after the final Linear.
         padding_mode: ``zeros`` or ``reflect`` (each utterance mirrored at its own ends).
+        context_std_unbiased: the attention's global-context std from the unbiased variance
+            (WeSpeaker) instead of the population one.
 
     >>> model = EcapaTdnn(channels=64, mfa_channels=192, embed_dim=32).eval()
     >>> feats, lengths = torch.randn(2, 200, 80), torch.tensor([200, 150])
@@ -101,6 +104,7 @@ class EcapaTdnn(EncoderModule):
         attention_norm: bool = True,
         embedding_norm: bool = True,
         padding_mode: str = "zeros",
+        context_std_unbiased: bool = False,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -127,6 +131,7 @@ class EcapaTdnn(EncoderModule):
             ("mfa_norm", mfa_norm),
             ("attention_norm", attention_norm),
             ("embedding_norm", embedding_norm),
+            ("context_std_unbiased", context_std_unbiased),
         ]:
             if not isinstance(flag, bool):
                 raise ConfigError(f"{name} must be a bool, got {flag!r}")
@@ -152,6 +157,7 @@ class EcapaTdnn(EncoderModule):
             "attention_norm": attention_norm,
             "embedding_norm": embedding_norm,
             "padding_mode": padding_mode,
+            "context_std_unbiased": context_std_unbiased,
         }
 
         self.stem = ConvReluBn(feat_dim, channels, kernel_size=5, padding_mode=padding_mode)
@@ -173,6 +179,7 @@ class EcapaTdnn(EncoderModule):
             attention_channels=attention_channels,
             global_context=global_context,
             hidden_norm=attention_norm,
+            context_unbiased=context_std_unbiased,
         )
         self.pool_norm = nn.BatchNorm1d(self.pool.out_dim)
         self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
@@ -221,6 +228,7 @@ def ecapa_tdnn(
     attention_norm: bool = True,
     embedding_norm: bool = True,
     padding_mode: str = "zeros",
+    context_std_unbiased: bool = False,
 ) -> EcapaTdnn:
     """ECAPA-TDNN with every argument open; the family that saved models are rebuilt from."""
     return EcapaTdnn(
@@ -237,6 +245,7 @@ def ecapa_tdnn(
         attention_norm=attention_norm,
         embedding_norm=embedding_norm,
         padding_mode=padding_mode,
+        context_std_unbiased=context_std_unbiased,
     )
 
 

@@ -14,8 +14,9 @@ Layer by layer, with c = ``base_channels`` and the default ``blocks`` [3, 4, 6, 
 Divisions round up (3x3 convs with zero padding 1). With c = 32, F = 80 and D = 256 this is
 WeSpeaker's ``ResNet34`` with ``two_emb_layer: false`` (its VoxCeleb config): 6,634,336 parameters,
 WeSpeaker's 6.63M. The two-layer option (BN, ReLU, Linear, BN after the first Linear) is not built.
-The standard deviation is the population one (WeSpeaker's TSTP uses the unbiased one), so that
-one frame works.
+The standard deviation is the population one, clamped, so that one frame works; ``unbiased_std``
+gives WeSpeaker's TSTP statistics (``sqrt(unbiased var + 1e-7)``), which its converted checkpoints
+need (``speakerprint.convert.wespeaker``).
 
 Padded time steps are zeroed before every convolution, and the downsampled lengths are exact:
 ``ceil(lengths / 2)`` per stride-2 stage (see :mod:`speakerprint.models.layers.conv2d`). BN batch
@@ -46,6 +47,7 @@ class ResNet(EncoderModule):
         base_channels: c, channels of stage 1; stage i has ``c * 2 ** (i - 1)``.
         blocks: BasicBlocks per stage; stages after the first halve freq and time.
         embed_dim: D, size of the embedding.
+        unbiased_std: pool the std as WeSpeaker does: variance over n - 1 frames, eps added.
 
     >>> model = ResNet(base_channels=8, blocks=[1, 1, 1, 1], embed_dim=32).eval()
     >>> feats, lengths = torch.randn(2, 200, 80), torch.tensor([200, 150])
@@ -62,6 +64,7 @@ class ResNet(EncoderModule):
         base_channels: int = 32,
         blocks: Sequence[int] = (3, 4, 6, 3),
         embed_dim: int = 256,
+        unbiased_std: bool = False,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -75,6 +78,8 @@ class ResNet(EncoderModule):
         if len(blocks) == 0:
             raise ConfigError("blocks must name at least one stage")
         blocks = tuple(check_int("blocks[]", n) for n in blocks)
+        if not isinstance(unbiased_std, bool):
+            raise ConfigError(f"unbiased_std must be a bool, got {unbiased_std!r}")
 
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
@@ -85,7 +90,9 @@ class ResNet(EncoderModule):
             "base_channels": base_channels,
             "blocks": list(blocks),
             "embed_dim": embed_dim,
+            "unbiased_std": unbiased_std,
         }
+        self.unbiased_std = unbiased_std
 
         self.stem = ConvBn2d(1, base_channels, kernel_size=3)
         stages = []
@@ -112,7 +119,8 @@ class ResNet(EncoderModule):
         for stage in self.stages:
             for block in stage:
                 x, mask = block(x, mask)  # (B, C', F', T')
-        mean, std = masked_mean_std(x.flatten(1, 2), mask.squeeze(1))  # 2 x (B, C' F')
+        # mean, std: 2 x (B, C' F')
+        mean, std = masked_mean_std(x.flatten(1, 2), mask.squeeze(1), 1e-7, self.unbiased_std)
         return self.embedding(torch.cat([mean, std], dim=1))
 
 
@@ -123,10 +131,15 @@ def resnet(
     base_channels: int = 32,
     blocks: Sequence[int] = (3, 4, 6, 3),
     embed_dim: int = 256,
+    unbiased_std: bool = False,
 ) -> ResNet:
     """ResNet with every argument open (ResNet34 by default); saved models rebuild from it."""
     return ResNet(
-        feat_dim=feat_dim, base_channels=base_channels, blocks=blocks, embed_dim=embed_dim
+        feat_dim=feat_dim,
+        base_channels=base_channels,
+        blocks=blocks,
+        embed_dim=embed_dim,
+        unbiased_std=unbiased_std,
     )
 
 

@@ -40,16 +40,24 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum(dim=-1) / count
 
 
-def masked_mean_std(x: Tensor, mask: Tensor, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
+def masked_mean_std(
+    x: Tensor, mask: Tensor, eps: float = 1e-7, unbiased: bool = False
+) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation over time of the valid frames, each (B, C).
 
-    The variance is the population one (divided by the number of frames, so that one frame works) and
-    is clamped at ``eps`` before the square root, which keeps the gradient finite on constant inputs.
-    ``eps`` is not keyword-only because TorchScript cannot compile keyword-only defaults.
+    By default the variance is the population one (divided by the number of frames n, so that one
+    frame works) and is clamped at ``eps`` before the square root, which keeps the gradient finite
+    on constant inputs. ``unbiased`` gives WeSpeaker's statistics instead (``torch.var`` then
+    ``sqrt(var + eps)``): divided by n - 1 (by 1 when n = 1, where ``torch.var`` would give NaN),
+    ``eps`` added rather than clamped. The arguments are not keyword-only because TorchScript cannot
+    compile keyword-only defaults.
     """
     mean = masked_mean(x, mask)
-    var = masked_mean((x - mean.unsqueeze(-1)).square(), mask)
-    return mean, var.clamp(min=eps).sqrt()
+    squares = ((x - mean.unsqueeze(-1)).square() * mask).sum(dim=-1)  # (B, C)
+    count = mask.sum(dim=-1).to(x.dtype)  # (B, 1)
+    if unbiased:
+        return mean, (squares / (count - 1).clamp(min=1) + eps).sqrt()
+    return mean, (squares / count).clamp(min=eps).sqrt()
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:

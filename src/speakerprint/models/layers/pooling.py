@@ -18,6 +18,10 @@ class AttentiveStatisticsPooling(nn.Module):
     when ``global_context`` is set (Desplanques et al. 2020, eq. 7-9). Padded frames get
     ``e = -inf``, so zero weight. The output is ``[sum_t alpha h_t; sqrt(sum_t alpha (h_t - mean)^2)]``.
 
+    The global-context std is the population one clamped at ``eps`` (see
+    :func:`~speakerprint.models.utils.masked_mean_std`); ``context_unbiased`` makes it WeSpeaker's
+    ``sqrt(unbiased var + eps)``, which its converted checkpoints need to be exact.
+
     The paper leaves the non-linearity f open. With ``hidden_norm`` (the default) it is
     ReLU, BatchNorm, tanh, as in SpeechBrain's ECAPA-TDNN and NeMo's TitaNet; without it, tanh
     alone, as in WeSpeaker. The BatchNorm matters: the global-context part of ``W [h; mean; std]``
@@ -38,12 +42,14 @@ class AttentiveStatisticsPooling(nn.Module):
         global_context: bool = True,
         hidden_norm: bool = True,
         eps: float = 1e-7,
+        context_unbiased: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.global_context = global_context
         self.hidden_norm = hidden_norm
         self.eps = eps
+        self.context_unbiased = context_unbiased
         in_channels = 3 * channels if global_context else channels
         self.attention_hidden = nn.Conv1d(in_channels, attention_channels, kernel_size=1)
         self.attention_norm = MaskedBatchNorm1d(attention_channels) if hidden_norm else None
@@ -60,7 +66,7 @@ class AttentiveStatisticsPooling(nn.Module):
         if self.global_context:
             # Same result as concatenating [h_t; mean; std] on every frame, without building the
             # (B, 3C, T) tensor: the context part of W is applied once per utterance.
-            mean, std = masked_mean_std(x, mask, eps=self.eps)
+            mean, std = masked_mean_std(x, mask, self.eps, self.context_unbiased)
             context = F.linear(torch.cat([mean, std], dim=1), weight[:, self.channels :])
             hidden = hidden + context.unsqueeze(-1)
         norm = self.attention_norm
