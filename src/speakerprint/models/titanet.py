@@ -28,8 +28,11 @@ Details the paper leaves out follow NVIDIA NeMo's ``titanet-large.yaml`` / ``tit
 * The attention's hidden 1x1 conv is followed by ReLU + BN before the tanh, as in NeMo's
   ``AttentivePoolLayer`` (``attention_norm``).
 
-One deliberate difference from NeMo, worth a few thousand parameters (counted in the tests): the
-squeeze-and-excitation linears carry biases (the package's one SE layer; NeMo's have none).
+By default three small differences from NeMo remain: the squeeze-and-excitation linears carry
+biases (NeMo's have none; a few thousand parameters, counted in the tests), the block BatchNorms
+use eps 1e-5 (NeMo's ``JasperBlock`` 1e-3), and the pooling clamps variances at 1e-7 (NeMo's
+``AttentivePoolLayer`` at 1e-10). ``se_bias=False, norm_eps=1e-3, pooling_eps=1e-10`` give NeMo's
+layout exactly, as ``speakerprint.convert.nemo`` builds it for converted ``.nemo`` checkpoints.
 
 Padded frames are zeroed before every convolution; the SE means, BN batch statistics, the pooling
 statistics and the attention softmax skip them, so padding never changes an embedding, in training
@@ -76,20 +79,27 @@ class TitaNetBlock(nn.Module):
         se_reduction: int,
         residual: bool,
         dropout: float = 0.0,
+        se_bias: bool = True,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
             SeparableConvBn(
-                in_channels if i == 0 else out_channels, out_channels, kernel_size=kernel_size
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                kernel_size=kernel_size,
+                eps=norm_eps,
             )
             for i in range(repeat)
         )
-        self.se = SqueezeExcitation1d(out_channels, bottleneck=out_channels // se_reduction)
+        self.se = SqueezeExcitation1d(
+            out_channels, bottleneck=out_channels // se_reduction, bias=se_bias
+        )
         self.residual_conv = None
         self.residual_norm = None
         if residual:
             self.residual_conv = nn.Conv1d(in_channels, out_channels, kernel_size=1, bias=False)
-            self.residual_norm = MaskedBatchNorm1d(out_channels)
+            self.residual_norm = MaskedBatchNorm1d(out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -121,6 +131,9 @@ class TitaNet(EncoderModule):
         attention_channels: bottleneck of the attentive pooling.
         attention_norm: ReLU + BatchNorm between the attention's hidden conv and its tanh (NeMo).
         dropout: after each ReLU inside the prolog, mega blocks and epilog.
+        se_bias: biases in the squeeze-and-excitation linears (NeMo: none).
+        norm_eps: eps of the BatchNorms of the prolog, mega blocks and epilog (NeMo: 1e-3).
+        pooling_eps: clamp of the pooling variances before their square roots (NeMo: 1e-10).
 
     >>> import torch
     >>> model = TitaNet(channels=64, epilog_channels=192, embed_dim=32).eval()
@@ -145,6 +158,9 @@ class TitaNet(EncoderModule):
         attention_channels: int = 128,
         dropout: float = 0.0,
         attention_norm: bool = True,
+        se_bias: bool = True,
+        norm_eps: float = 1e-5,
+        pooling_eps: float = 1e-7,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -171,8 +187,12 @@ class TitaNet(EncoderModule):
         for name, width in [("channels", channels), ("epilog_channels", epilog_channels)]:
             if width < se_reduction:
                 raise ConfigError(f"{name} ({width}) must be >= se_reduction ({se_reduction})")
-        if not isinstance(attention_norm, bool):
-            raise ConfigError(f"attention_norm must be a bool, got {attention_norm!r}")
+        for name, flag in [("attention_norm", attention_norm), ("se_bias", se_bias)]:
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be a bool, got {flag!r}")
+        for name, eps in [("norm_eps", norm_eps), ("pooling_eps", pooling_eps)]:
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+                raise ConfigError(f"{name} must be a float in (0, 1), got {eps!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
             raise ConfigError(f"dropout must be a float, got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
@@ -194,6 +214,9 @@ class TitaNet(EncoderModule):
             "attention_channels": attention_channels,
             "dropout": float(dropout),
             "attention_norm": attention_norm,
+            "se_bias": se_bias,
+            "norm_eps": float(norm_eps),
+            "pooling_eps": float(pooling_eps),
         }
 
         def block(c_in: int, c_out: int, kernel: int, repeats: int, residual: bool):
@@ -205,6 +228,8 @@ class TitaNet(EncoderModule):
                 se_reduction=se_reduction,
                 residual=residual,
                 dropout=dropout,
+                se_bias=se_bias,
+                norm_eps=norm_eps,
             )
 
         self.prolog = block(feat_dim, channels, prolog_kernel_size, 1, False)
@@ -217,6 +242,7 @@ class TitaNet(EncoderModule):
             attention_channels=attention_channels,
             global_context=True,
             hidden_norm=attention_norm,
+            eps=pooling_eps,
         )
         self.pool_norm = nn.BatchNorm1d(self.pool.out_dim)
         self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
@@ -254,6 +280,9 @@ def titanet(
     attention_channels: int = 128,
     dropout: float = 0.0,
     attention_norm: bool = True,
+    se_bias: bool = True,
+    norm_eps: float = 1e-5,
+    pooling_eps: float = 1e-7,
 ) -> TitaNet:
     """TitaNet with every argument open (TitaNet-L by default); saved models rebuild from it."""
     return TitaNet(
@@ -268,6 +297,9 @@ def titanet(
         attention_channels=attention_channels,
         dropout=dropout,
         attention_norm=attention_norm,
+        se_bias=se_bias,
+        norm_eps=norm_eps,
+        pooling_eps=pooling_eps,
     )
 
 

@@ -13,8 +13,8 @@ class SqueezeExcitation1d(nn.Module):
     """Rescale each channel by a gate computed from its mean over the valid frames.
 
     ``gate = sigmoid(W2 relu(W1 mean_t(x) + b1) + b2)``, both linear layers with bias (Hu et al.
-    2018; Desplanques et al. 2020, eq. 1-2). The mean skips padded frames, so padding does not
-    change the gate.
+    2018; Desplanques et al. 2020, eq. 1-2); with ``bias=False`` without ``b1`` and ``b2``, as in
+    NeMo's ``SqueezeExcite``. The mean skips padded frames, so padding does not change the gate.
 
     >>> se = SqueezeExcitation1d(512, bottleneck=128)
     >>> x, mask = torch.randn(2, 512, 50), torch.ones(2, 1, 50, dtype=torch.bool)
@@ -22,10 +22,10 @@ class SqueezeExcitation1d(nn.Module):
     torch.Size([2, 512, 50])
     """
 
-    def __init__(self, channels: int, *, bottleneck: int) -> None:
+    def __init__(self, channels: int, *, bottleneck: int, bias: bool = True) -> None:
         super().__init__()
-        self.squeeze = nn.Linear(channels, bottleneck)
-        self.excite = nn.Linear(bottleneck, channels)
+        self.squeeze = nn.Linear(channels, bottleneck, bias=bias)
+        self.excite = nn.Linear(bottleneck, channels, bias=bias)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, C, T); mask: (B, 1, T) bool -> (B, C, T), zero where x is."""

@@ -14,7 +14,7 @@ class SeparableConvBn(nn.Module):
     the same zeros alone or padded in a batch. The output is not zeroed (the BatchNorm shift makes
     padded frames non-zero); the caller masks where it matters. No activation: TitaNet puts the
     squeeze-and-excitation and the residual sum between the norm and the ReLU of a block's last
-    sub-block.
+    sub-block. ``eps`` is the BatchNorm's (NeMo's ``JasperBlock`` uses 1e-3).
 
     >>> import torch
     >>> conv = SeparableConvBn(80, 256, kernel_size=3)
@@ -23,7 +23,9 @@ class SeparableConvBn(nn.Module):
     torch.Size([2, 256, 100])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, kernel_size: int, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the frame count, got {kernel_size}")
@@ -36,7 +38,7 @@ class SeparableConvBn(nn.Module):
             bias=False,
         )
         self.pointwise = nn.Conv1d(in_channels, out_channels, kernel_size=1, bias=False)
-        self.norm = MaskedBatchNorm1d(out_channels)
+        self.norm = MaskedBatchNorm1d(out_channels, eps=eps)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, C_in, T); mask: (B, 1, T) bool -> (B, C_out, T), not zeroed at padded frames."""
