@@ -7,7 +7,7 @@ training takes: decode the window, resample, repeat-to-length) one process produ
 ``CropDataset`` over the files and ``ShardCropStream`` over the shards. A loader worker is one such
 process, so a GPU step of B crops every t seconds needs B / (t x crops/s) workers.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/loader.py --num-utts 200 --out bench/results/loader.md
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/loader.py --num-utts 200 --out bench/loader.md
 
 Timings are wall clock on whatever else the machine is doing: run it on a quiet machine.
 """
