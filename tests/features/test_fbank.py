@@ -211,7 +211,7 @@ def test_batched_with_padding_equals_unbatched():
         assert torch.equal(feats[row, num:], torch.zeros_like(feats[row, num:]))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # CI sees the same cases every run
 @given(st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=4))
 def test_padding_never_changes_features(lengths):
     fbank = Fbank(FbankConfig(num_mel_bins=24)).eval()

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
+from speakerprint.features._config import config_from_dict
 
 __all__ = ["NemoFeatures", "NemoFeaturesConfig", "from_dict", "slaney_mel_filters"]
 
@@ -172,18 +173,7 @@ class NemoFeaturesConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NemoFeaturesConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a ConfigError."""
-        data = dict(data)
-        kind = data.pop("kind", KIND)
-        if kind != KIND:
-            raise ConfigError(f"not NeMo features: kind={kind!r}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown NemoFeaturesConfig keys: {', '.join(map(repr, unknown))} "
-                f"(valid keys: {', '.join(sorted(known))})"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data, KIND)
 
 
 def _hz_to_slaney_mel(freq_hz: Tensor) -> Tensor:

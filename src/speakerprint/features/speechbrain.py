@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
+from speakerprint.features._config import config_from_dict
 
 __all__ = ["KIND", "SpeechBrainFbank", "SpeechBrainFbankConfig", "from_dict"]
 
@@ -130,18 +131,7 @@ class SpeechBrainFbankConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpeechBrainFbankConfig:
         """Inverse of :meth:`to_dict`; an unknown key or another ``kind`` is a ConfigError."""
-        data = dict(data)
-        kind = data.pop("kind", KIND)
-        if kind != KIND:
-            raise ConfigError(f"features kind {kind!r} is not {KIND!r}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown SpeechBrainFbankConfig keys: {', '.join(map(repr, unknown))} "
-                f"(valid keys: {', '.join(sorted(known))})"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data, KIND)
 
 
 def _window(config: SpeechBrainFbankConfig) -> Tensor:
