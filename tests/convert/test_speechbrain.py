@@ -352,5 +352,7 @@ def test_full_size_public_model_local(tmp_path):
         with torch.no_grad():
             feats = norm.eval()(fbank(torch.from_numpy(wav)[None]), torch.ones(1))
             references.append(peer(feats, torch.ones(1))[0, 0].numpy())
-        assert _cosine(encoder.embed(wav, 16000), references[-1]) >= 0.9999
+        cosine = _cosine(encoder.embed(wav, 16000), references[-1])
+        print(f"\nSpeechBrain ECAPA full size, {speaker}: cosine {cosine:.7f}")
+        assert cosine >= 0.9999
     assert _cosine(*references) < 0.999  # the embedding depends on the speech

@@ -334,6 +334,7 @@ def test_full_size_wespeaker_model(tmp_path, demo_root, model_name, module, mode
     bundle = load_bundle(convert("wespeaker", folder / "avg_model.pt", tmp_path / "bundle"))
     assert sum(p.numel() for p in bundle.encoder.parameters()) == num_params
     emb = bundle.embed_batch(torch.from_numpy(wav)[None])[0].numpy()
+    print(f"\nWeSpeaker full size ({num_params} parameters): cosine {_cosine(emb, expected):.7f}")
     assert _cosine(emb, expected) >= 0.9999
 
 

@@ -25,3 +25,25 @@ def config_from_dict(cls: type[T], data: dict[str, Any], kind: str) -> T:
             f"(valid keys: {', '.join(sorted(known))})"
         )
     return cls(**data)
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "str": str,
+    "bool": bool,
+}
+
+
+def check_field_types(config: object) -> None:
+    """Every field of a features config dataclass holds its annotated type (an int is a float;
+    a bool is never an int or a float); otherwise a ConfigError naming the field."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if not isinstance(value, _TYPES[field.type]) or (
+            field.type != "bool" and isinstance(value, bool)
+        ):
+            raise ConfigError(
+                f"{type(config).__name__}.{field.name} must be {field.type}, got {value!r} "
+                f"({type(value).__name__})"
+            )

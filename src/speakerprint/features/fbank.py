@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
+from speakerprint.features._config import check_field_types
 
 __all__ = ["Fbank", "FbankConfig", "mean_normalize"]
 
@@ -62,16 +63,7 @@ class FbankConfig:
     mean_norm: bool = True
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[field.type]
-            if not isinstance(value, expected) or (
-                field.type != "bool" and isinstance(value, bool)
-            ):
-                raise ConfigError(
-                    f"FbankConfig.{field.name} must be {field.type}, got {value!r} "
-                    f"({type(value).__name__})"
-                )
+        check_field_types(self)
         problems = []
         if self.sample_rate <= 0:
             problems.append(f"sample_rate must be > 0, got {self.sample_rate}")

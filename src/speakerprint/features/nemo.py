@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
-from speakerprint.features._config import config_from_dict
+from speakerprint.features._config import check_field_types, config_from_dict
 
 __all__ = ["NemoFeatures", "NemoFeaturesConfig", "from_dict", "slaney_mel_filters"]
 
@@ -99,15 +99,7 @@ class NemoFeaturesConfig:
     exact_pad: bool = False
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[field.type]
-            if not isinstance(value, expected) or (
-                field.type != "bool" and isinstance(value, bool)
-            ):
-                raise ConfigError(
-                    f"NemoFeaturesConfig.{field.name} must be {field.type}, got {value!r}"
-                )
+        check_field_types(self)
         problems = []
         for name in ("sample_rate", "win_length", "hop_length", "n_fft", "num_mel_bins"):
             if getattr(self, name) <= 0:

@@ -327,12 +327,13 @@ def train(
             f"{cfg.data.utterances_per_speaker}"
         )
 
+    transform = build_codec(cfg.augment, sample_rate)  # None unless augment.codec_prob > 0
     dataset = CropDataset(
         train_utts,
         speaker_to_label=speaker_to_label,
         crop_s=cfg.data.crop_s,
         sample_rate=sample_rate,
-        transform=build_codec(cfg.augment, sample_rate),  # None unless augment.codec_prob > 0
+        transform=transform,
     )
 
     def shard_stream(epoch: int, rank: int) -> ShardCropStream:
@@ -347,7 +348,7 @@ def train(
             rank=rank,
             world_size=ctx.world_size,
             num_workers=cfg.data.num_workers,
-            transform=dataset.transform,
+            transform=transform,
         )
 
     if shards is not None:
