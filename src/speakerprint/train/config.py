@@ -100,6 +100,12 @@ class TrainConfig:
     # A step whose loss or gradient norm is NaN/Inf is skipped (no update); this many in a row
     # stop the run with an error.
     max_bad_steps_in_a_row: int = 10
+    # Records always go to RUN/metrics.jsonl; these mirror them. tensorboard: RUN/tensorboard
+    # (auto: when the tensorboard package is installed); wandb: Weights & Biases, off by default.
+    tensorboard: bool | Literal["auto"] = "auto"
+    wandb: bool = False
+    wandb_project: str = "speakerprint"
+    curves_png: bool = True  # RUN/curves.png at the end (needs matplotlib, the viz extra)
 
 
 @dataclass

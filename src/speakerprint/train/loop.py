@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
 import logging
 import math
 import signal
@@ -59,6 +58,7 @@ from speakerprint.train.checkpoint import (
 )
 from speakerprint.train.config import ExperimentConfig, Phase, config_to_dict, save_config
 from speakerprint.train.schedule import learning_rate, margin
+from speakerprint.train.tracking import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -199,34 +199,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-class _MetricsLog:
-    """Append-only JSONL of training records; on resume, records past the resumed step are cut.
-
-    Only the main process writes (``enabled``): under torchrun the other ranks' logs are no-ops.
-    """
-
-    def __init__(self, path: Path, resume_step: int | None, *, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled
-        if not enabled:
-            return
-        if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        elif path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def train(
     config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> TrainResult:
@@ -243,6 +215,23 @@ def train(
         TrainingDiverged: ``train.max_bad_steps_in_a_row`` steps in a row had NaN/Inf losses or
             gradient norms.
     """
+    logs: list[RunLog] = []
+    try:
+        return _train(config, run_dir, resume=resume, progress=progress, logs=logs)
+    finally:
+        # After the last dev evaluation, or on the way out of a failed or interrupted run.
+        for run_log in logs:
+            run_log.close(curves=config.train.curves_png)
+
+
+def _train(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool,
+    progress: bool,
+    logs: list[RunLog],
+) -> TrainResult:
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
@@ -430,11 +419,16 @@ def train(
         loaded = init_weights(cfg.model.init_from, model, loss_fn, speakers)
         log.info("initialised: %s", loaded)
 
-    metrics_log = _MetricsLog(
-        run_dir / "metrics.jsonl",
+    metrics_log = RunLog(
+        run_dir,
         start_step if found is not None else None,
         enabled=ctx.is_main,
+        tensorboard=cfg.train.tensorboard,
+        wandb=cfg.train.wandb,
+        wandb_project=cfg.train.wandb_project,
+        config=config_to_dict(cfg),
     )
+    logs.append(metrics_log)
     train_step = distributed.wrap_ddp(distributed.TrainStep(model, loss_fn), ctx)
     bundle_view = Bundle(encoder=model, fbank=fbank)
 
