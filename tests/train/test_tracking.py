@@ -19,9 +19,7 @@ def _tb_scalars(log_dir):
 
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
-    return {
-        tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]
-    }
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_scalars_of_names_train_and_dev_numbers_and_drops_the_rest():
