@@ -114,6 +114,11 @@ def audio_cases(root: Path) -> list[tuple[str, Path]]:
         lambda p: sf.write(p, 4 * np.sign(speech_like(2.0) + 1e-9), SR, subtype="FLOAT"),
     )
     add("8 channels", "eight.wav", lambda p: sf.write(p, speech_like(2.0, channels=8), SR))
+    add(
+        "8 channels decoded by FFmpeg (WAV named .m4a)",
+        "eight.m4a",
+        lambda p: sf.write(p, speech_like(2.0, channels=8), SR, format="WAV"),
+    )
     add("8 kHz", "8k.wav", lambda p: sf.write(p, speech_like(2.0, 8000), 8000))
     add("48 kHz", "48k.wav", lambda p: sf.write(p, speech_like(2.0, 48000), 48000))
     add(

@@ -25,6 +25,15 @@ def test_eight_channels_are_averaged(tmp_path):
     np.testing.assert_allclose(load_audio(tmp_path / "eight.wav"), channels.mean(1), atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [2, 8, 9])
+def test_many_channels_through_ffmpeg_are_averaged(tmp_path, channels):
+    # A .m4a name sends the file to PyAV; PyAV's planar frames of 8 channels once crashed it.
+    wav = _tone(0.5)
+    multi = np.stack([wav * (c + 1) / channels for c in range(channels)], axis=1)
+    sf.write(tmp_path / "many.m4a", multi, SR, subtype="PCM_24", format="WAV")
+    np.testing.assert_allclose(load_audio(tmp_path / "many.m4a"), multi.mean(1), atol=1e-6)
+
+
 @pytest.mark.parametrize(("fmt", "name"), [("FLAC", "flac_inside.wav"), ("WAV", "wav.mp3")])
 def test_a_wrong_extension_still_loads(tmp_path, fmt, name):
     wav = _tone(0.5)

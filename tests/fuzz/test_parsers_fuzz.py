@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -154,6 +156,35 @@ def test_wav_with_a_short_fmt_chunk_is_an_audio_load_error(tmp_path):
     path.write_bytes(SHORT_FMT_WAV)
     with pytest.raises(AudioLoadError):
         load_audio(path, 16000)
+
+
+# Found by the nightly fuzz profile: 8-channel 24-bit PCM in a .m4a name went to PyAV, whose
+# planar 8-channel frames made to_ndarray() read past their buffers: a segfault, not an error.
+EIGHT_CHANNEL_WAV = (
+    b"RIFF"
+    + struct.pack("<I", 0x81413D61)  # sizes far past the end of the file
+    + b"WAVEfmt "
+    + struct.pack("<IHHIIHH", 16, 1, 8, 16498, 0x060AB0, 24, 24)  # PCM, 8 ch, 24 bit
+    + b"data"
+    + struct.pack("<I", 0x81413D3D)
+    + bytes(range(121))
+)
+
+
+def test_eight_channel_header_that_crashed_ffmpeg_decoding_is_handled(tmp_path):
+    path = tmp_path / "eight.m4a"
+    path.write_bytes(EIGHT_CHANNEL_WAV)
+    # In a child process, so that a crash fails this test instead of killing the test run.
+    code = (
+        "import sys; from speakerprint.audio import load_audio, AudioLoadError\n"
+        "try:\n    w = load_audio(sys.argv[1], 16000); print('loaded', w.shape)\n"
+        "except AudioLoadError as e:\n    print('error', e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"crashed ({done.returncode}): {done.stderr[-2000:]}"
+    assert done.stdout.startswith(("loaded", "error"))
 
 
 @PROFILE

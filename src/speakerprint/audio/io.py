@@ -383,28 +383,30 @@ def _read_pyav(
             raise AudioLoadError(path, "the audio stream states no sample rate")
         start, count = _window_samples(path, sr, None, start_s, duration_s)
         end = None if count is None else start + count
-        # Planar float keeps each channel apart so the mix-down is a plain average.
-        resampler = av.AudioResampler(format="fltp")
+        # Packed (interleaved) float: one plane whatever the channel count. PyAV 18 miscounts
+        # the planes of a planar frame with 8 channels and to_ndarray() then reads past the
+        # frame's buffers (a segfault, found by the nightly fuzz profile).
+        resampler = av.AudioResampler(format="flt")
         chunks: list[np.ndarray] = []
         decoded = 0
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1, out.samples))
+                    chunks.append(out.to_ndarray().reshape(out.samples, -1))
                     decoded += out.samples
                 if end is not None and decoded >= end:
                     break  # the window is complete: no need to decode the rest
             else:
                 for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1, out.samples))
+                    chunks.append(out.to_ndarray().reshape(out.samples, -1))
         except (av.FFmpegError, EOFError) as error:
             raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
-    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+    if not chunks or sum(c.shape[0] for c in chunks) == 0:
         raise AudioLoadError(path, "the file holds no audio samples")
-    channels = {c.shape[0] for c in chunks}
+    channels = {c.shape[1] for c in chunks}
     if len(channels) != 1:
         raise AudioLoadError(path, f"the channel count changes within the stream: {channels}")
-    wav = np.concatenate(chunks, axis=1).T  # (C, N) -> (N, C)
+    wav = np.concatenate(chunks, axis=0)  # (N, C)
     if start >= wav.shape[0]:
         raise AudioLoadError(
             path,
