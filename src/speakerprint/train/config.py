@@ -106,6 +106,9 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "speakerprint"
     curves_png: bool = True  # RUN/curves.png at the end (needs matplotlib, the viz extra)
+    # Under torchrun: BatchNorm statistics over the global batch (every rank's frames), so N
+    # processes train the model one process would; false keeps per-rank statistics (WeSpeaker's).
+    sync_batchnorm: bool = True
 
 
 @dataclass

@@ -167,12 +167,11 @@ class TrainStep(torch.nn.Module):
 def wrap_ddp(step: TrainStep, ctx: DistContext) -> torch.nn.Module:
     """The step module under DDP when distributed, as it is otherwise.
 
-    BatchNorm layers keep per-rank batch statistics (as WeSpeaker trains too); DDP broadcasts
-    rank 0's running statistics at every forward, so the saved ones are rank 0's. They are not
-    converted to SyncBatchNorm: PyTorch's runs on GPUs only, and the encoders' masked BatchNorm
-    takes a mask argument that SyncBatchNorm does not. So a run on N processes equals a
-    one-process run exactly only for encoders without BatchNorm; with it, the per-rank batches
-    are normalised by their own statistics.
+    With ``train.sync_batchnorm`` (the default) the training loop has already converted the
+    encoder's BatchNorms (``convert_sync_batchnorm``): their statistics are over the global batch
+    and a run on N processes equals a one-process run with the same global batch. Without it,
+    each rank normalises its slice by its own statistics (as WeSpeaker trains) and DDP broadcasts
+    rank 0's running statistics at every forward, so the saved ones are rank 0's.
     """
     if not ctx.is_distributed:
         return step

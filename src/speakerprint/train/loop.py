@@ -48,6 +48,7 @@ from speakerprint.features import Fbank
 from speakerprint.losses import ClassificationLoss, TripletLoss, build_loss
 from speakerprint.models import count_parameters, create_model
 from speakerprint.models.bundle import Bundle, Threshold, load_bundle, save_bundle
+from speakerprint.models.layers.norm import convert_sync_batchnorm
 from speakerprint.train import distributed
 from speakerprint.train.checkpoint import (
     list_checkpoints,
@@ -365,6 +366,8 @@ def _train(
             f"{fbank.feat_dim}: set features.num_mel_bins or the model's feat_dim"
         )
     model.to(device)
+    if ctx.is_distributed and cfg.train.sync_batchnorm:
+        convert_sync_batchnorm(model)
     # Noise, reverb, speed and SpecAugment on the batch, on the device (all off by default).
     # Speed perturbation makes each perturbed copy a new speaker: the head grows to 3x.
     augment = build_augmentation(cfg.augment, sample_rate, device, num_speakers=len(speakers))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from speakerprint.models.layers.norm import MaskedBatchNorm1d
+from speakerprint.models.layers.norm import MaskedBatchNorm1d, _GlobalBatchStats
 
 
 class MaskedBatchNorm2d(MaskedBatchNorm1d):
@@ -35,6 +35,10 @@ class MaskedBatchNorm2d(MaskedBatchNorm1d):
             flat_mask = mask.expand(batch, 1, freq, frames).reshape(batch, 1, freq * frames)
         y = self._masked_batch_norm(x.reshape(batch, channels, freq * frames), flat_mask)
         return y.reshape(batch, channels, freq, frames)
+
+
+class SyncMaskedBatchNorm2d(_GlobalBatchStats, MaskedBatchNorm2d):
+    """:class:`MaskedBatchNorm2d` with statistics over all ranks (see ``convert_sync_batchnorm``)."""
 
 
 class ConvBn2d(nn.Module):

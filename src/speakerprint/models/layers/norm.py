@@ -90,3 +90,102 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
             unbiased_var = var * count / (count - 1).clamp(min=1)
             running_mean.lerp_(mean, momentum)
             running_var.lerp_(unbiased_var, momentum)
+
+
+def _world_size() -> int:
+    """The number of processes training together, 1 outside torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over ranks, differentiable: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # noqa: D102
+        import torch.distributed as dist
+
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        import torch.distributed as dist
+
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+class _GlobalBatchStats:
+    """Mixin: batch statistics over every rank's valid frames, as one process would see them.
+
+    Two differentiable all-reduces per call (the sums and the count, then the centred squares),
+    so the variance is computed as a single process computes it (no E[x^2] - E[x]^2
+    cancellation), and the gradients flow to every rank's frames: with the same global batch,
+    N processes train the model of one. Outside training or outside torchrun it is the layer it
+    was made from.
+    """
+
+    def _masked_batch_norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats or _world_size() == 1:
+            return super()._masked_batch_norm(x, mask)
+        x32 = x.float()
+        weight = (
+            mask.to(torch.float32) if mask is not None else x32.new_ones(x.shape[0], 1, x.shape[2])
+        )
+        sums = torch.cat([(x32 * weight).sum(dim=(0, 2)), weight.sum().reshape(1)])
+        sums = _AllReduceSum.apply(sums)
+        count = sums[-1]
+        mean = sums[:-1] / count
+        centred = x32 - mean[:, None]
+        var = _AllReduceSum.apply((centred.square() * weight).sum(dim=(0, 2))) / count
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), count.detach())
+        y = centred * torch.rsqrt(var[:, None] + self.eps)
+        if self.weight is not None and self.bias is not None:
+            y = y * self.weight[:, None] + self.bias[:, None]
+        return y.to(x.dtype)
+
+
+class SyncMaskedBatchNorm1d(_GlobalBatchStats, MaskedBatchNorm1d):
+    """:class:`MaskedBatchNorm1d` with statistics over all ranks; also takes (B, C) input.
+
+    Made by :func:`convert_sync_batchnorm`, for training under torchrun only (not scriptable).
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if x.dim() == 2:  # (B, C): a batch of vectors is a batch of one-frame sequences
+            return self._masked_batch_norm(x[:, :, None], None)[:, :, 0]
+        return self._masked_batch_norm(x, mask)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Make every BatchNorm of ``module`` (masked or not, 1-D or 2-D) use global statistics.
+
+    In place, by changing each layer's class: parameters, buffers, hooks and the optimiser's
+    references stay as they are, and state dicts keep their keys, so checkpoints and bundles are
+    unchanged. PyTorch's ``nn.SyncBatchNorm`` is not used: it runs on CUDA only (this runs on
+    gloo too) and knows nothing of padded frames.
+
+    >>> net = nn.Sequential(nn.Conv1d(2, 4, 1), nn.BatchNorm1d(4))
+    >>> type(convert_sync_batchnorm(net)[1]).__name__
+    'SyncMaskedBatchNorm1d'
+    """
+    from speakerprint.models.layers.conv2d import MaskedBatchNorm2d, SyncMaskedBatchNorm2d
+
+    for layer in module.modules():
+        if isinstance(layer, _GlobalBatchStats):
+            continue
+        if isinstance(layer, MaskedBatchNorm2d) or type(layer) is nn.BatchNorm2d:
+            layer.__class__ = SyncMaskedBatchNorm2d
+        elif isinstance(layer, MaskedBatchNorm1d) or type(layer) is nn.BatchNorm1d:
+            layer.__class__ = SyncMaskedBatchNorm1d
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            raise TypeError(f"no synchronised form of {type(layer).__name__}")
+    return module
