@@ -270,6 +270,19 @@ class _TorchaudioStub(types.ModuleType):
         raise AttributeError(f"torchaudio stub: torchaudio.{name} is not available")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_speechbrain():
+    """Drop speechbrain's modules from sys.modules after this file's tests.
+
+    Its lazy modules raise ImportError when touched (ASR needs sentencepiece), and hypothesis
+    looks through every module in sys.modules for constants: left there, they made later
+    hypothesis tests fail with "Inconsistent results from replaying a test case".
+    """
+    yield
+    for name in [n for n in sys.modules if n == "speechbrain" or n.startswith("speechbrain.")]:
+        del sys.modules[name]
+
+
 def _speechbrain():
     """(Fbank, InputNormalization, ECAPA_TDNN), or skip when speechbrain is not installed."""
     if importlib.util.find_spec("speechbrain") is None:
