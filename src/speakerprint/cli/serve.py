@@ -23,10 +23,10 @@ def serve(
         ),
     ] = None,
     db: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Enrollment store (SQLite file; made if missing). Without it /enroll, "
-            "/identify and /speakers answer 404"
+            help="Enrollment store (SQLite file or postgresql:// URL; made if missing). Without "
+            "it /enroll, /identify and /speakers answer 404"
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -88,7 +88,7 @@ def serve(
     encoder = application.state.encoder
     typer.echo(
         f"serving {encoder.path} (fingerprint {encoder.fingerprint[:16]}...) on "
-        f"http://{host}:{port}; store: {db or 'none'}; API key: "
+        f"http://{host}:{port}; store: {application.state.store_name or 'none'}; API key: "
         f"{'required' if api_key is not None else 'not required'}",
         err=True,
     )

@@ -1,4 +1,8 @@
-"""Enrollment store commands: enroll, identify, speakers, remove (see speakerprint.inference.store)."""
+"""Enrollment store commands: enroll, identify, speakers, remove (see speakerprint.inference.store).
+
+DB is an SQLite file or a ``postgresql://`` / ``postgres://`` URL (speakerprint.inference.store_pg);
+it stays a string, since a Path would fold the URL's "//".
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,28 @@ import typer
 from speakerprint.cli.main import _clean_errors, app
 
 _MODEL_HELP = "Model bundle (default: the model the store was made with, else the shipped model)"
+_DB_HELP = "Enrollment store: an SQLite file or a postgresql:// URL"
 
 
-def _store_model(db: Path, model: Path | None) -> Path | None:
+def _shown(db: str) -> str:
+    """``db`` as printed: a URL without its password."""
+    from speakerprint.inference.store import is_store_url
+
+    if not is_store_url(db):
+        return db
+    from speakerprint.inference.store_pg import redact_url
+
+    return redact_url(db)
+
+
+def _store_model(db: str | Path, model: Path | None) -> Path | None:
     """The bundle to use with store ``db``: the one given, else the one recorded in the store
     (when it is still there), else None (the shipped model). The fingerprint check decides."""
-    if model is not None or not db.is_file():
-        return model
-    from speakerprint.inference.store import EnrollmentStore
+    from speakerprint.inference.store import open_store, store_exists
 
-    with EnrollmentStore.open(db) as store:
+    if model is not None or not store_exists(db):
+        return model
+    with open_store(db) as store:
         recorded = store.model_path
     return Path(recorded) if recorded and Path(recorded).is_dir() else None
 
@@ -28,19 +44,19 @@ def _store_model(db: Path, model: Path | None) -> Path | None:
 @app.command()
 @_clean_errors
 def enroll(
-    db: Annotated[Path, typer.Argument(help="Enrollment store (SQLite file; made if missing)")],
+    db: Annotated[str, typer.Argument(help=f"{_DB_HELP} (the store is made if missing)")],
     name: Annotated[str, typer.Argument(help="Speaker name")],
     files: Annotated[list[Path], typer.Argument(help="Enrollment recordings of the speaker")],
     model: Annotated[Path | None, typer.Option(help=_MODEL_HELP)] = None,
 ) -> None:
     """Add recordings of a speaker to an enrollment store (creating the store if needed)."""
     from speakerprint.inference import SpeakerEncoder
-    from speakerprint.inference.store import EnrollmentStore
+    from speakerprint.inference.store import open_store
 
     enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
     # Embed everything before opening the store: a bad file leaves the store untouched.
     embeddings = [enc.embed(f) for f in files]
-    with EnrollmentStore.open(
+    with open_store(
         db,
         model_fingerprint=enc.fingerprint,
         embed_dim=enc.embed_dim,
@@ -50,13 +66,13 @@ def enroll(
         total = store.enroll(
             name, embeddings, sources=[str(f) for f in files], model_fingerprint=enc.fingerprint
         )
-    typer.echo(f"enrolled {name}: {len(files)} new recording(s), {total} in all, in {db}")
+    typer.echo(f"enrolled {name}: {len(files)} new recording(s), {total} in all, in {_shown(db)}")
 
 
 @app.command()
 @_clean_errors
 def identify(
-    db: Annotated[Path, typer.Argument(help="Enrollment store")],
+    db: Annotated[str, typer.Argument(help=_DB_HELP)],
     file: Annotated[Path, typer.Argument(help="Recording of the speaker to identify")],
     top_k: Annotated[int, typer.Option(help="Candidates to list")] = 5,
     threshold: Annotated[
@@ -69,11 +85,11 @@ def identify(
     """Say which enrolled speaker a recording is, or "unknown" when none scores high enough."""
     from speakerprint.errors import BundleError, ConfigError
     from speakerprint.inference import SpeakerEncoder
-    from speakerprint.inference.store import EnrollmentStore
+    from speakerprint.inference.store import open_store
 
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    with EnrollmentStore.open(db) as store:
+    with open_store(db) as store:
         enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
         store.check_model(enc.fingerprint)
         if threshold is None:
@@ -98,27 +114,29 @@ def identify(
 
 @app.command()
 @_clean_errors
-def speakers(db: Annotated[Path, typer.Argument(help="Enrollment store")]) -> None:
+def speakers(db: Annotated[str, typer.Argument(help=_DB_HELP)]) -> None:
     """List the speakers of an enrollment store with their number of recordings."""
-    from speakerprint.inference.store import EnrollmentStore
+    from speakerprint.inference.store import open_store
 
-    with EnrollmentStore.open(db) as store:
+    with open_store(db) as store:
         entries = store.speakers()
         model_path = store.model_path
     lines = [f"{e.name}\t{e.num_embeddings}" for e in entries]
-    lines.append(f"{len(entries)} speaker(s) in {db} (model: {model_path or 'not recorded'})")
+    lines.append(
+        f"{len(entries)} speaker(s) in {_shown(db)} (model: {model_path or 'not recorded'})"
+    )
     typer.echo("\n".join(lines))
 
 
 @app.command()
 @_clean_errors
 def remove(
-    db: Annotated[Path, typer.Argument(help="Enrollment store")],
+    db: Annotated[str, typer.Argument(help=_DB_HELP)],
     name: Annotated[str, typer.Argument(help="Speaker to remove")],
 ) -> None:
     """Remove a speaker and all its recordings from an enrollment store."""
-    from speakerprint.inference.store import EnrollmentStore
+    from speakerprint.inference.store import open_store
 
-    with EnrollmentStore.open(db) as store:
+    with open_store(db) as store:
         count = store.remove(name)
-    typer.echo(f"removed {name} ({count} recording(s)) from {db}")
+    typer.echo(f"removed {name} ({count} recording(s)) from {_shown(db)}")

@@ -15,6 +15,9 @@ Every write is one transaction (``BEGIN IMMEDIATE``), so a crash or an error lea
 it was, and concurrent writers wait for each other instead of interleaving. The schema is
 versioned: a store written by a newer speakerprint is refused, not misread.
 
+The same interface over PostgreSQL with pgvector is :class:`~speakerprint.inference.store_pg.\
+PgEnrollmentStore`; :func:`open_store` opens either, from a path or a ``postgresql://`` URL.
+
 >>> enc = SpeakerEncoder.from_pretrained()  # doctest: +SKIP
 >>> store = EnrollmentStore.open("speakers.db", model_fingerprint=enc.fingerprint,
 ...                              embed_dim=enc.embed_dim, create=True)  # doctest: +SKIP
@@ -35,10 +38,14 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from speakerprint.errors import SpeakerprintError
+
+if TYPE_CHECKING:
+    from speakerprint.inference.store_pg import PgEnrollmentStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -46,6 +53,9 @@ __all__ = [
     "Identification",
     "SpeakerEntry",
     "StoreError",
+    "is_store_url",
+    "open_store",
+    "store_exists",
 ]
 
 SCHEMA_VERSION = 1
@@ -119,6 +129,92 @@ def _now() -> str:
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+# -- checks and messages shared by the SQLite and PostgreSQL stores ------------------------------
+# ``where`` names the store in messages: a path, or a URL without its password.
+
+
+def _meta_problem(where: object, meta: dict[str, str], embed_dim: int | None) -> str | None:
+    """Why ``meta`` is not a store this speakerprint can use with ``embed_dim``, or None."""
+    if meta.get("format") != STORE_FORMAT:
+        return f"{where} is not an enrollment store (format={meta.get('format')!r})"
+    version = int(meta.get("schema_version", "0"))
+    if version > SCHEMA_VERSION:
+        return (
+            f"enrollment store {where} has schema version {version}, newer than this "
+            f"speakerprint understands ({SCHEMA_VERSION}); upgrade speakerprint"
+        )
+    if embed_dim is not None and int(embed_dim) != (stored_dim := int(meta["embed_dim"])):
+        return (
+            f"enrollment store {where} holds {stored_dim}-dimensional embeddings, "
+            f"not {embed_dim}-dimensional ones"
+        )
+    return None
+
+
+def _another_model_message(
+    where: object, stored_fingerprint: str, model_fingerprint: str, model_path: str | None
+) -> str:
+    return (
+        f"enrollment store {where} was made with another model (fingerprint "
+        f"{stored_fingerprint[:16]}..., this one is {model_fingerprint[:16]}...): "
+        "embeddings of different models cannot be compared; use the store's model "
+        f"({model_path or 'path not recorded'}) or a new store"
+    )
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise StoreError(f"a speaker name must be a non-empty string, got {name!r}")
+    return name.strip()
+
+
+def _check_enrollment(
+    where: object,
+    embed_dim: int,
+    embeddings: np.ndarray | Sequence[np.ndarray],
+    sources: Sequence[str | None] | None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Enrollment embeddings as (K, embed_dim) float32 and their K sources (str or None)."""
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None]
+    if vectors.ndim != 2 or vectors.shape[1] != embed_dim or len(vectors) == 0:
+        raise StoreError(
+            f"enrollment store {where}: expected embeddings of shape (K, {embed_dim})"
+            f" with K >= 1, got {tuple(np.shape(embeddings))}"
+        )
+    if not np.isfinite(vectors).all():
+        raise StoreError(f"enrollment store {where}: the embeddings contain NaN or Inf")
+    if sources is None:
+        sources = [None] * len(vectors)
+    if len(sources) != len(vectors):
+        raise StoreError(
+            f"enrollment store {where}: {len(vectors)} embeddings but {len(sources)} sources"
+        )
+    return vectors, [None if s is None else str(s) for s in sources]
+
+
+def _check_query(where: object, embed_dim: int, embedding: np.ndarray, top_k: int) -> np.ndarray:
+    """The query embedding as (embed_dim,) float64."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    query = np.asarray(embedding, dtype=np.float64)
+    if query.shape != (embed_dim,):
+        raise StoreError(
+            f"enrollment store {where}: expected a query of shape ({embed_dim},), got {query.shape}"
+        )
+    return query
+
+
+def _no_speakers_message(where: object) -> str:
+    return f"enrollment store {where} has no speakers: enroll some first"
+
+
+def _unknown_speaker_message(where: object, name: str, known: Sequence[str]) -> str:
+    shown = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "")
+    return f"enrollment store {where} has no speaker {name!r} (speakers: {shown or 'none'})"
 
 
 class EnrollmentStore:
@@ -208,25 +304,10 @@ class EnrollmentStore:
         return store
 
     def _check_meta(self, model_fingerprint: str | None, embed_dim: int | None) -> None:
-        meta = self._meta
-        if meta.get("format") != STORE_FORMAT:
+        problem = _meta_problem(self.path, self._meta, embed_dim)
+        if problem is not None:
             self.close()
-            raise StoreError(
-                f"{self.path} is not an enrollment store (format={meta.get('format')!r})"
-            )
-        version = int(meta.get("schema_version", "0"))
-        if version > SCHEMA_VERSION:
-            self.close()
-            raise StoreError(
-                f"enrollment store {self.path} has schema version {version}, newer than this "
-                f"speakerprint understands ({SCHEMA_VERSION}); upgrade speakerprint"
-            )
-        if embed_dim is not None and int(embed_dim) != self.embed_dim:
-            self.close()
-            raise StoreError(
-                f"enrollment store {self.path} holds {self.embed_dim}-dimensional embeddings, "
-                f"not {embed_dim}-dimensional ones"
-            )
+            raise StoreError(problem)
         if model_fingerprint is not None:
             try:
                 self.check_model(model_fingerprint)
@@ -273,10 +354,9 @@ class EnrollmentStore:
         """Raise StoreError unless ``model_fingerprint`` is the model this store was made for."""
         if model_fingerprint != self.model_fingerprint:
             raise StoreError(
-                f"enrollment store {self.path} was made with another model (fingerprint "
-                f"{self.model_fingerprint[:16]}..., this one is {model_fingerprint[:16]}...): "
-                "embeddings of different models cannot be compared; use the store's model "
-                f"({self.model_path or 'path not recorded'}) or a new store"
+                _another_model_message(
+                    self.path, self.model_fingerprint, model_fingerprint, self.model_path
+                )
             )
 
     # -- writes ----------------------------------------------------------------------------------
@@ -298,23 +378,8 @@ class EnrollmentStore:
                 an empty name or a sources list of the wrong length.
         """
         self.check_model(model_fingerprint)
-        name = self._check_name(name)
-        vectors = np.asarray(embeddings, dtype=np.float32)
-        if vectors.ndim == 1:
-            vectors = vectors[None]
-        if vectors.ndim != 2 or vectors.shape[1] != self.embed_dim or len(vectors) == 0:
-            raise StoreError(
-                f"enrollment store {self.path}: expected embeddings of shape (K, {self.embed_dim})"
-                f" with K >= 1, got {tuple(np.shape(embeddings))}"
-            )
-        if not np.isfinite(vectors).all():
-            raise StoreError(f"enrollment store {self.path}: the embeddings contain NaN or Inf")
-        if sources is None:
-            sources = [None] * len(vectors)
-        if len(sources) != len(vectors):
-            raise StoreError(
-                f"enrollment store {self.path}: {len(vectors)} embeddings but {len(sources)} sources"
-            )
+        name = _check_name(name)
+        vectors, sources = _check_enrollment(self.path, self.embed_dim, embeddings, sources)
         now = _now()
         with self._transaction() as conn:
             conn.execute(
@@ -326,10 +391,7 @@ class EnrollmentStore:
             ).fetchone()
             conn.executemany(
                 "INSERT INTO embeddings (speaker_id, source, vector, created_at) VALUES (?, ?, ?, ?)",
-                [
-                    (speaker_id, None if s is None else str(s), v.tobytes(), now)
-                    for v, s in zip(vectors, sources)
-                ],
+                [(speaker_id, s, v.tobytes(), now) for v, s in zip(vectors, sources)],
             )
             (count,) = conn.execute(
                 "SELECT COUNT(*) FROM embeddings WHERE speaker_id = ?", (speaker_id,)
@@ -409,17 +471,10 @@ class EnrollmentStore:
             StoreError: another model's fingerprint, a wrong embedding size, or an empty store.
         """
         self.check_model(model_fingerprint)
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        query = np.asarray(embedding, dtype=np.float64)
-        if query.shape != (self.embed_dim,):
-            raise StoreError(
-                f"enrollment store {self.path}: expected a query of shape ({self.embed_dim},), "
-                f"got {query.shape}"
-            )
+        query = _check_query(self.path, self.embed_dim, embedding, top_k)
         names, means = self.speaker_means()
         if not names:
-            raise StoreError(f"enrollment store {self.path} has no speakers: enroll some first")
+            raise StoreError(_no_speakers_message(self.path))
         scores = means.astype(np.float64) @ _normalise_rows(query)
         order = np.argsort(-scores, kind="stable")[:top_k]
         candidates = [(names[i], float(scores[i])) for i in order]
@@ -442,12 +497,56 @@ class EnrollmentStore:
             )
         return vector
 
-    def _check_name(self, name: str) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise StoreError(f"a speaker name must be a non-empty string, got {name!r}")
-        return name.strip()
-
     def _unknown_speaker_message(self, name: str) -> str:
-        known = [s.name for s in self.speakers()]
-        shown = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "")
-        return f"enrollment store {self.path} has no speaker {name!r} (speakers: {shown or 'none'})"
+        return _unknown_speaker_message(self.path, name, [s.name for s in self.speakers()])
+
+
+# -- one opener for both back ends ---------------------------------------------------------------
+
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_store_url(db: str | os.PathLike) -> bool:
+    """Whether ``db`` names a PostgreSQL store (a ``postgresql://`` or ``postgres://`` URL)."""
+    return isinstance(db, str) and db.lower().startswith(_URL_SCHEMES)
+
+
+def open_store(
+    db: str | os.PathLike,
+    *,
+    model_fingerprint: str | None = None,
+    embed_dim: int | None = None,
+    model_path: str | None = None,
+    create: bool = False,
+) -> EnrollmentStore | PgEnrollmentStore:
+    """Open the store ``db`` names: PostgreSQL (:class:`~speakerprint.inference.store_pg.\
+PgEnrollmentStore`) for a ``postgresql://`` or ``postgres://`` URL, else an SQLite file.
+
+    The arguments are those of :meth:`EnrollmentStore.open`; both stores have the same methods.
+    """
+    if is_store_url(db):
+        from speakerprint.inference.store_pg import PgEnrollmentStore
+
+        opener = PgEnrollmentStore.open
+    else:
+        opener = EnrollmentStore.open
+    return opener(
+        db,
+        model_fingerprint=model_fingerprint,
+        embed_dim=embed_dim,
+        model_path=model_path,
+        create=create,
+    )
+
+
+def store_exists(db: str | os.PathLike) -> bool:
+    """Whether ``db`` already holds a store (a file, or a database with the store's tables).
+
+    Raises:
+        StoreError: a PostgreSQL server that cannot be reached.
+    """
+    if is_store_url(db):
+        from speakerprint.inference.store_pg import PgEnrollmentStore
+
+        return PgEnrollmentStore.exists(db)
+    return Path(db).is_file()

@@ -24,8 +24,8 @@ longer than ``max_duration_s`` (read from the header before decoding); 400 an em
 
 Inference is CPU-bound: each request's decoding and embedding run in worker threads, at most
 ``inference_threads`` requests at once, and model calls are serialised by a lock, so concurrent
-requests get exactly the embeddings of the Python API. Each request opens its own SQLite
-connection; the store's transactions make concurrent writers wait for each other.
+requests get exactly the embeddings of the Python API. Each request opens its own SQLite (or
+PostgreSQL) connection; the store's transactions make concurrent writers wait for each other.
 
 FastAPI, uvicorn and python-multipart are imported by :func:`create_app`, never by
 ``import speakerprint``; without them it raises an ImportError naming
@@ -347,8 +347,8 @@ def create_app(
         model: a :class:`~speakerprint.inference.SpeakerEncoder`, a bundle folder, or None for
             the model that ships with speakerprint. It must have a fingerprint (be loaded from a
             folder), which the store checks.
-        store: the enrollment store's SQLite file, made for this model if missing; None serves
-            no store (the enrollment endpoints answer 404).
+        store: the enrollment store's SQLite file or ``postgresql://`` URL, made for this model
+            if missing; None serves no store (the enrollment endpoints answer 404).
         api_key: when set, every endpoint but ``/health`` needs it in the ``X-API-Key`` header.
         max_upload_mb: the largest upload per file, in MiB.
         max_duration_s: the longest audio per file, in seconds.
@@ -370,7 +370,8 @@ def create_app(
 
     from speakerprint import __version__
     from speakerprint.inference import SpeakerEncoder
-    from speakerprint.inference.store import EnrollmentStore, StoreError
+    from speakerprint.inference.store import StoreError, is_store_url
+    from speakerprint.inference.store import open_store as open_enrollment_store
 
     limits = ServeLimits(
         max_upload_mb=max_upload_mb,
@@ -382,11 +383,17 @@ def create_app(
         raise ConfigError("the API key must not be empty (leave it unset to serve without one)")
     encoder = model if isinstance(model, SpeakerEncoder) else SpeakerEncoder.from_pretrained(model)
     fingerprint = encoder.fingerprint
-    store_path = None if store is None else Path(store)
+    if store is not None and is_store_url(store):
+        from speakerprint.inference.store_pg import redact_url
+
+        store_path, store_name = store, redact_url(store)  # a Path would fold the URL's "//"
+    else:
+        store_path = None if store is None else Path(store)
+        store_name = None if store is None else str(store_path)
     model_path = None if encoder.path is None else str(encoder.path.resolve())
 
-    def open_store() -> EnrollmentStore:
-        return EnrollmentStore.open(
+    def open_store():  # an EnrollmentStore, or a PgEnrollmentStore for a URL
+        return open_enrollment_store(
             store_path,
             model_fingerprint=fingerprint,
             embed_dim=encoder.embed_dim,
@@ -449,6 +456,7 @@ def create_app(
     application.add_middleware(_Guard, api_key=api_key, limits=limits, too_large=too_large)
     application.state.encoder = encoder
     application.state.store_path = store_path
+    application.state.store_name = store_name  # printable: a URL without its password
     application.state.limits = limits
 
     @application.exception_handler(ApiError)
@@ -509,7 +517,7 @@ def create_app(
             "threshold_source": (
                 None if threshold is None else f"{threshold.method} on {threshold.measured_on}"
             ),
-            "store": None if store_path is None else str(store_path),
+            "store": store_name,
             "api_key_required": api_key is not None,
             "limits": asdict(limits),
         }
@@ -605,7 +613,7 @@ def create_app(
             with open_store() as s:
                 if not s.speakers():
                     raise ApiError(
-                        409, "no_speakers", f"the store {store_path} has no speakers: enroll first"
+                        409, "no_speakers", f"the store {store_name} has no speakers: enroll first"
                     )
             emb = embed(_decode("audio", audio, encoder.sample_rate, limits))
             with open_store() as s:
@@ -629,7 +637,7 @@ def create_app(
 
         entries = await in_worker(job)
         return {
-            "store": str(store_path),
+            "store": store_name,
             "count": len(entries),
             "speakers": [asdict(e) for e in entries],
         }
