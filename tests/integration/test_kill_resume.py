@@ -48,7 +48,7 @@ def config_path(tmp_path_factory, demo_prepared) -> Path:
     return path
 
 
-def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _start(config: Path, out: Path, *extra: str, own_group: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "speakerprint", "train", str(config), "--out", str(out)]
     return subprocess.Popen(
@@ -57,6 +57,7 @@ def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=own_group,
     )
 
 
@@ -174,3 +175,17 @@ def test_killed_three_ways_and_resumed_gives_the_uninterrupted_losses(
     leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     assert leftovers == []  # interrupted writes are cleaned up on resume
     assert (run / "bundle" / "model.safetensors").is_file()
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_checkpoints(config_path, tmp_path):
+    # A scheduler (SLURM, kill -- -PGID) signals every process of the job, the DataLoader's
+    # workers too: they must leave the stop to the main process, which checkpoints and exits.
+    run = tmp_path / "run"
+    proc = _start(config_path, run, "--set", "data.num_workers=2", own_group=True)
+    _wait_for(proc, lambda: len(_losses(run)) >= 2, "step 2")
+    os.killpg(proc.pid, signal.SIGTERM)
+    status, err = _finish(proc)
+    assert status != 0
+    assert "stopped by SIGTERM after step" in err, err[-3000:]
+    stopped_at = int(err.split("after step ")[1].split(";")[0])
+    assert (run / "checkpoints" / f"step_{stopped_at:08d}").is_dir()

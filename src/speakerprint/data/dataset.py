@@ -7,6 +7,7 @@ batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
@@ -278,3 +279,31 @@ def collate_padded(
     for row, (w, _) in enumerate(batch):
         wavs[row, : len(w)] = torch.from_numpy(w)
     return wavs, lengths, [i for _, i in batch]
+
+
+_sigterms_seen = 0  # per worker process: each has its own copy of this module
+
+
+def _worker_sigterm(signum: int, frame) -> None:
+    global _sigterms_seen
+    _sigterms_seen += 1
+    if _sigterms_seen > 1:
+        os._exit(0)
+
+
+def loader_worker_init(_: int = 0) -> None:
+    """``worker_init_fn`` of every speakerprint DataLoader: one torch thread, stops left to the main.
+
+    Decoding is single-threaded work, and torch threads in every worker would oversubscribe the
+    CPU. A scheduler (SLURM, ``kill -- -PGID``) signals every process of a job, and PyTorch's
+    workers die of a SIGTERM that does not come from their parent, which made the main process
+    fail with "DataLoader worker ... is killed by signal" instead of writing its final
+    checkpoint. So a worker ignores its first SIGTERM (the main process, signalled too, stops at
+    the next step and shuts its loaders down) and exits at a second one (the main process
+    terminating a worker that did not stop in time). SIGINT (Ctrl-C) is the main process's too.
+    """
+    import signal
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -26,7 +26,12 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from speakerprint.data.dataset import UtteranceDataset, collate_padded, length_sorted_batches
+from speakerprint.data.dataset import (
+    UtteranceDataset,
+    collate_padded,
+    length_sorted_batches,
+    loader_worker_init,
+)
 from speakerprint.data.manifest import Utterance
 from speakerprint.eval.normalization import unit_rows
 from speakerprint.models.bundle import Bundle
@@ -160,6 +165,7 @@ def embed_condition(
         batch_sampler=length_sorted_batches(lengths_s, batch_size),
         collate_fn=collate_padded,
         num_workers=num_workers,
+        worker_init_fn=loader_worker_init,
     )
     was_training = bundle.encoder.training, bundle.fbank.training
     bundle.encoder.eval()

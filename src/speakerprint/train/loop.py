@@ -38,6 +38,7 @@ from speakerprint.data.dataset import (
     EpochBatchSampler,
     SpeakerBalancedBatchSampler,
     collate_crops,
+    loader_worker_init,
 )
 from speakerprint.data.manifest import read_manifest
 from speakerprint.data.shards import ShardCropStream, read_shard_index
@@ -193,11 +194,6 @@ def init_weights(
         loss_fn.load_state_dict(loss_state, strict=True)
         return f"encoder and loss head from {where}"
     return f"encoder from {where} (loss head starts fresh)"
-
-
-def _worker_init(_: int) -> None:
-    # Decoding is single-threaded work; torch threads in every worker would oversubscribe the CPU.
-    torch.set_num_threads(1)
 
 
 def train(
@@ -509,7 +505,7 @@ def _train(
                 drop_last=True,
                 collate_fn=collate_crops,
                 num_workers=cfg.data.num_workers,
-                worker_init_fn=_worker_init,
+                worker_init_fn=loader_worker_init,
                 pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(cfg.train.seed),
             )
@@ -552,7 +548,7 @@ def _train(
                 batch_sampler=sampler,
                 collate_fn=collate_crops,
                 num_workers=cfg.data.num_workers,
-                worker_init_fn=_worker_init,
+                worker_init_fn=loader_worker_init,
                 pin_memory=device.type == "cuda",
                 # A loader draws its workers' base seed when iterated; from the global RNG that
                 # would shift the dither noise of a run resumed mid-epoch. Its own generator keeps
@@ -583,7 +579,9 @@ def _train(
     step = start_step
     data_iter = batches(step)
     t_loop = time.perf_counter()
-    with _StopSignals() as signals:
+    # Closing the batch generator on the way out shuts the loader's workers down there and then,
+    # not at interpreter exit, where multiprocessing would terminate and join them blindly.
+    with _StopSignals() as signals, contextlib.closing(data_iter):
         while step < cfg.train.max_steps:
             wav, labels = next(data_iter)
             wav = wav.to(device, non_blocking=True)
