@@ -8,6 +8,7 @@
 #   RUNS=" " bash scripts/zoo_speechocean762.sh        # no training: only rewrite the table
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # scripts/results_table.py imports speakerprint
 OUT=${OUT:-runs/zoo_so762}
 DATA=runs/so762/data
 STEPS=${STEPS:-200}
