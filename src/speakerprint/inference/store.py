@@ -217,7 +217,39 @@ def _unknown_speaker_message(where: object, name: str, known: Sequence[str]) -> 
     return f"enrollment store {where} has no speaker {name!r} (speakers: {shown or 'none'})"
 
 
-class EnrollmentStore:
+class _StoreMeta:
+    """What both back ends share: the record of the model a store was made for.
+
+    Subclasses set ``path`` (a file path, or a URL with its password hidden) and ``_meta``.
+    """
+
+    path: str | Path
+    _meta: dict[str, str]
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self._meta["model_fingerprint"]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._meta["embed_dim"])
+
+    @property
+    def model_path(self) -> str | None:
+        """The model path recorded on creation (a hint; may have moved since), or None."""
+        return self._meta.get("model_path") or None
+
+    def check_model(self, model_fingerprint: str) -> None:
+        """Raise StoreError unless ``model_fingerprint`` is the model this store was made for."""
+        if model_fingerprint != self.model_fingerprint:
+            raise StoreError(
+                _another_model_message(
+                    self.path, self.model_fingerprint, model_fingerprint, self.model_path
+                )
+            )
+
+
+class EnrollmentStore(_StoreMeta):
     """Enrolled speakers of one model in one SQLite file; open it with :meth:`open`."""
 
     def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict[str, str]) -> None:
@@ -336,28 +368,6 @@ class EnrollmentStore:
         self._conn.execute("COMMIT")
 
     # -- what the store is for -----------------------------------------------------------------
-
-    @property
-    def model_fingerprint(self) -> str:
-        return self._meta["model_fingerprint"]
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self._meta["embed_dim"])
-
-    @property
-    def model_path(self) -> str | None:
-        """The model path recorded on creation (a hint; may have moved since), or None."""
-        return self._meta.get("model_path") or None
-
-    def check_model(self, model_fingerprint: str) -> None:
-        """Raise StoreError unless ``model_fingerprint`` is the model this store was made for."""
-        if model_fingerprint != self.model_fingerprint:
-            raise StoreError(
-                _another_model_message(
-                    self.path, self.model_fingerprint, model_fingerprint, self.model_path
-                )
-            )
 
     # -- writes ----------------------------------------------------------------------------------
 

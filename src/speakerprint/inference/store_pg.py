@@ -51,13 +51,13 @@ from speakerprint.inference.store import (
     Identification,
     SpeakerEntry,
     StoreError,
-    _another_model_message,
     _check_enrollment,
     _check_name,
     _check_query,
     _meta_problem,
     _no_speakers_message,
     _now,
+    _StoreMeta,
     _unknown_speaker_message,
     is_store_url,
 )
@@ -147,7 +147,7 @@ def _table_exists(conn: psycopg.Connection, name: str) -> bool:
     return bool(found)
 
 
-class PgEnrollmentStore:
+class PgEnrollmentStore(_StoreMeta):
     """Enrolled speakers of one model in a PostgreSQL database; open it with :meth:`open`.
 
     Attributes:
@@ -303,28 +303,6 @@ class PgEnrollmentStore:
             yield self._conn
 
     # -- what the store is for -----------------------------------------------------------------
-
-    @property
-    def model_fingerprint(self) -> str:
-        return self._meta["model_fingerprint"]
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self._meta["embed_dim"])
-
-    @property
-    def model_path(self) -> str | None:
-        """The model path recorded on creation (a hint; may have moved since), or None."""
-        return self._meta.get("model_path") or None
-
-    def check_model(self, model_fingerprint: str) -> None:
-        """Raise StoreError unless ``model_fingerprint`` is the model this store was made for."""
-        if model_fingerprint != self.model_fingerprint:
-            raise StoreError(
-                _another_model_message(
-                    self.url, self.model_fingerprint, model_fingerprint, self.model_path
-                )
-            )
 
     # -- writes ----------------------------------------------------------------------------------
 
