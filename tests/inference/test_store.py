@@ -92,6 +92,8 @@ def test_another_model_is_refused(tmp_path):
             store.enroll("ann", np.ones(5), model_fingerprint=FP)
         with pytest.raises(StoreError, match="NaN"):
             store.enroll("ann", np.full(4, np.nan), model_fingerprint=FP)
+        with pytest.raises(StoreError, match="query contains NaN"):
+            store.identify(np.full(4, np.nan), threshold=0.5, model_fingerprint=FP)
         with pytest.raises(StoreError, match="2 embeddings but 1 sources"):
             store.enroll("ann", np.ones((2, 4)), sources=["x"], model_fingerprint=FP)
         with pytest.raises(StoreError, match="name"):

@@ -205,7 +205,20 @@ def _check_query(where: object, embed_dim: int, embedding: np.ndarray, top_k: in
         raise StoreError(
             f"enrollment store {where}: expected a query of shape ({embed_dim},), got {query.shape}"
         )
+    if not np.isfinite(query).all():
+        raise StoreError(f"enrollment store {where}: the query contains NaN or Inf")
     return query
+
+
+def _decide(candidates: list[tuple[str, float]], threshold: float) -> Identification:
+    """The best of ``candidates`` (best first), or "unknown" when it scores below ``threshold``."""
+    best_name, best_score = candidates[0]
+    return Identification(
+        speaker=best_name if best_score >= threshold else None,
+        score=best_score,
+        threshold=float(threshold),
+        candidates=candidates,
+    )
 
 
 def _no_speakers_message(where: object) -> str:
@@ -247,6 +260,26 @@ class _StoreMeta:
                     self.path, self.model_fingerprint, model_fingerprint, self.model_path
                 )
             )
+
+    def _checked_enrollment(
+        self,
+        name: str,
+        embeddings: np.ndarray | Sequence[np.ndarray],
+        model_fingerprint: str,
+        sources: Sequence[str | None] | None,
+    ) -> tuple[str, np.ndarray, list[str | None]]:
+        """The checks every ``enroll`` makes first: (name, vectors (K, D), sources)."""
+        self.check_model(model_fingerprint)
+        name = _check_name(name)
+        vectors, sources = _check_enrollment(self.path, self.embed_dim, embeddings, sources)
+        return name, vectors, sources
+
+    def _checked_query(
+        self, embedding: np.ndarray, model_fingerprint: str, top_k: int
+    ) -> np.ndarray:
+        """The checks every ``identify`` makes first: the query as (D,) float64."""
+        self.check_model(model_fingerprint)
+        return _check_query(self.path, self.embed_dim, embedding, top_k)
 
 
 class EnrollmentStore(_StoreMeta):
@@ -367,8 +400,6 @@ class EnrollmentStore(_StoreMeta):
             raise
         self._conn.execute("COMMIT")
 
-    # -- what the store is for -----------------------------------------------------------------
-
     # -- writes ----------------------------------------------------------------------------------
 
     def enroll(
@@ -387,9 +418,9 @@ class EnrollmentStore(_StoreMeta):
             StoreError: another model's fingerprint, a wrong embedding size, NaN/Inf values,
                 an empty name or a sources list of the wrong length.
         """
-        self.check_model(model_fingerprint)
-        name = _check_name(name)
-        vectors, sources = _check_enrollment(self.path, self.embed_dim, embeddings, sources)
+        name, vectors, sources = self._checked_enrollment(
+            name, embeddings, model_fingerprint, sources
+        )
         now = _now()
         with self._transaction() as conn:
             conn.execute(
@@ -478,23 +509,16 @@ class EnrollmentStore(_StoreMeta):
         """Score a query embedding (D,) against every speaker's mean; see the module docstring.
 
         Raises:
-            StoreError: another model's fingerprint, a wrong embedding size, or an empty store.
+            StoreError: another model's fingerprint, a wrong embedding size, NaN/Inf in the
+                query, or an empty store.
         """
-        self.check_model(model_fingerprint)
-        query = _check_query(self.path, self.embed_dim, embedding, top_k)
+        query = self._checked_query(embedding, model_fingerprint, top_k)
         names, means = self.speaker_means()
         if not names:
             raise StoreError(_no_speakers_message(self.path))
         scores = means.astype(np.float64) @ _normalise_rows(query)
         order = np.argsort(-scores, kind="stable")[:top_k]
-        candidates = [(names[i], float(scores[i])) for i in order]
-        best_name, best_score = candidates[0]
-        return Identification(
-            speaker=best_name if best_score >= threshold else None,
-            score=best_score,
-            threshold=float(threshold),
-            candidates=candidates,
-        )
+        return _decide([(names[i], float(scores[i])) for i in order], threshold)
 
     # -- helpers ---------------------------------------------------------------------------------
 

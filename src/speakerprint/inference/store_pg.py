@@ -51,9 +51,7 @@ from speakerprint.inference.store import (
     Identification,
     SpeakerEntry,
     StoreError,
-    _check_enrollment,
-    _check_name,
-    _check_query,
+    _decide,
     _meta_problem,
     _no_speakers_message,
     _now,
@@ -302,8 +300,6 @@ class PgEnrollmentStore(_StoreMeta):
         with self._lost_connection(), self._conn.transaction():
             yield self._conn
 
-    # -- what the store is for -----------------------------------------------------------------
-
     # -- writes ----------------------------------------------------------------------------------
 
     def enroll(
@@ -322,9 +318,9 @@ class PgEnrollmentStore(_StoreMeta):
             StoreError: another model's fingerprint, a wrong embedding size, NaN/Inf values,
                 an empty name or a sources list of the wrong length.
         """
-        self.check_model(model_fingerprint)
-        name = _check_name(name)
-        vectors, sources = _check_enrollment(self.url, self.embed_dim, embeddings, sources)
+        name, vectors, sources = self._checked_enrollment(
+            name, embeddings, model_fingerprint, sources
+        )
         with self._transaction() as conn:
             with conn.cursor() as cursor:
                 cursor.executemany(
@@ -403,10 +399,7 @@ class PgEnrollmentStore(_StoreMeta):
             StoreError: another model's fingerprint, a wrong embedding size, NaN/Inf in the
                 query, or an empty store.
         """
-        self.check_model(model_fingerprint)
-        query = _check_query(self.url, self.embed_dim, embedding, top_k)
-        if not np.isfinite(query).all():
-            raise StoreError(f"enrollment store {self.url}: the query contains NaN or Inf")
+        query = self._checked_query(embedding, model_fingerprint, top_k)
         with self._lost_connection():
             rows = self._conn.execute(
                 f"SELECT speaker, {_SCORE} AS score FROM embeddings GROUP BY speaker "
@@ -415,14 +408,7 @@ class PgEnrollmentStore(_StoreMeta):
             ).fetchall()
         if not rows:
             raise StoreError(_no_speakers_message(self.url))
-        candidates = [(name, float(score)) for name, score in rows]
-        best_name, best_score = candidates[0]
-        return Identification(
-            speaker=best_name if best_score >= threshold else None,
-            score=best_score,
-            threshold=float(threshold),
-            candidates=candidates,
-        )
+        return _decide([(name, float(score)) for name, score in rows], threshold)
 
     def nearest_utterances(
         self, embedding: np.ndarray, *, model_fingerprint: str, k: int = 5
@@ -435,10 +421,7 @@ class PgEnrollmentStore(_StoreMeta):
         Raises:
             StoreError: another model's fingerprint, a wrong embedding size or NaN/Inf.
         """
-        self.check_model(model_fingerprint)
-        query = _check_query(self.url, self.embed_dim, embedding, k)
-        if not np.isfinite(query).all():
-            raise StoreError(f"enrollment store {self.url}: the query contains NaN or Inf")
+        query = self._checked_query(embedding, model_fingerprint, k)
         with self._lost_connection():
             rows = self._conn.execute(
                 "SELECT speaker, source, 1 - (embedding <=> %(query)s::vector) FROM embeddings "
