@@ -44,11 +44,15 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         if self.training and self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count.detach())
 
+        return self._normalise(centred, var).to(x.dtype)
+
+    def _normalise(self, centred: Tensor, var: Tensor) -> Tensor:
+        """(x - mean) / sqrt(var + eps), then the affine map: the batch statistics' last step."""
         y = centred * torch.rsqrt(var[:, None] + self.eps)
         gamma, beta = self.weight, self.bias  # locals: TorchScript refines only those from None
         if gamma is not None and beta is not None:  # affine
             y = y * gamma[:, None] + beta[:, None]
-        return y.to(x.dtype)
+        return y
 
     def _batch_norm(self, x: Tensor) -> Tensor:
         """``nn.BatchNorm1d.forward``, step for step (TorchScript cannot call it via super())."""
@@ -147,10 +151,7 @@ class _GlobalBatchStats:
         var = _AllReduceSum.apply((centred.square() * weight).sum(dim=(0, 2))) / count
         if self.training and self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count.detach())
-        y = centred * torch.rsqrt(var[:, None] + self.eps)
-        if self.weight is not None and self.bias is not None:
-            y = y * self.weight[:, None] + self.bias[:, None]
-        return y.to(x.dtype)
+        return self._normalise(centred, var).to(x.dtype)
 
 
 class SyncMaskedBatchNorm1d(_GlobalBatchStats, MaskedBatchNorm1d):
