@@ -1,4 +1,4 @@
-"""CPU inference speed: real-time factor of eager torch, ONNX fp32 and ONNX int8, features included.
+"""CPU inference speed: real-time factor of eager torch, ONNX fp32 and int8, features included.
 
 Real-time factor = wall time / audio duration (lower is faster; 0.01 means 100x real time), for
 one utterance per call, random weights from the registered factories, the fbank inside every path.
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from _calibration import calibration_waveforms
 
 from speakerprint.export import export_onnx, quantize_onnx_int8
 from speakerprint.features import Fbank, FbankConfig
@@ -62,6 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
+    calibration, calibration_source = calibration_waveforms()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             torch.manual_seed(0)
@@ -70,12 +72,16 @@ def main() -> None:
             fp32 = export_onnx(
                 model, Path(tmp) / f"{name}.onnx", with_features=True, fbank_config=fbank.config
             )
-            int8 = quantize_onnx_int8(fp32, Path(tmp) / f"{name}.int8.onnx")
+            dynamic = quantize_onnx_int8(fp32, Path(tmp) / f"{name}.dyn.onnx")
+            static = quantize_onnx_int8(
+                fp32, Path(tmp) / f"{name}.static.onnx", calibration=calibration
+            )
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 sessions = {
                     "onnx fp32": _session(fp32, threads),
-                    "onnx int8": _session(int8, threads),
+                    "onnx int8 dynamic": _session(dynamic, threads),
+                    "onnx int8 static": _session(static, threads),
                 }
                 for seconds in args.durations:
                     n = int(seconds * SAMPLE_RATE)
@@ -106,7 +112,8 @@ def main() -> None:
             "",
             f"Machine: {cpu_name()} ({platform.machine()}), torch {torch.__version__}, "
             f"onnxruntime {ort.__version__}; random weights, features included, one utterance "
-            f"per call, {args.warmup} warm-up and {args.iterations} timed calls per cell.",
+            f"per call, {args.warmup} warm-up and {args.iterations} timed calls per cell; "
+            f"static int8 calibrated on {calibration_source}.",
         ]
     )
     print()

@@ -5,7 +5,7 @@ models that has a peer (ECAPA-TDNN C=1024, C=512, ResNet34) and each thread coun
 length, it times:
 
 - ours: eager torch (features+embedding, features only, embedding only), and the exported ONNX
-  graph (fbank inside) in fp32 and int8, as in ``cpu_inference.py``;
+  graph (fbank inside) in fp32, int8 dynamic and int8 static, as in ``cpu_inference.py``;
 - each peer, eager torch fp32, with its own front end: features+embedding, features only,
   embedding only.
 
@@ -69,6 +69,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from _calibration import calibration_waveforms
 from cpu_inference import SAMPLE_RATE, _session, _timings
 
 from speakerprint.export import export_onnx, quantize_onnx_int8
@@ -274,6 +275,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ours_names = list(dict.fromkeys(PEERS[p] for p in args.peers))
+    calibration, calibration_source = calibration_waveforms()
     rows = []
     versions = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -289,7 +291,10 @@ def main() -> None:
                 )
                 onnx_paths = {
                     "onnx fp32": fp32,
-                    "onnx int8": quantize_onnx_int8(fp32, Path(tmp) / f"{ours}.int8.onnx"),
+                    "onnx int8 dynamic": quantize_onnx_int8(fp32, Path(tmp) / f"{ours}.dyn.onnx"),
+                    "onnx int8 static": quantize_onnx_int8(
+                        fp32, Path(tmp) / f"{ours}.static.onnx", calibration=calibration
+                    ),
                 }
             for threads in args.threads:
                 torch.set_num_threads(threads)
@@ -347,7 +352,8 @@ def main() -> None:
             f"call; {args.warmup} warm-up calls per system, then {args.iterations} rounds with "
             "every system once per round in rotating order. Ratios are of median times; above 1 "
             "means speakerprint is faster. WeSpeaker's features are kaldi-native-fbank standing "
-            "in for torchaudio.compliance.kaldi.fbank (not available here).",
+            "in for torchaudio.compliance.kaldi.fbank (not available here). Static int8 "
+            f"calibrated on {calibration_source}.",
         ]
     )
     print()

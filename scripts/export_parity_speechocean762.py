@@ -2,7 +2,8 @@
 
 Exports ``src/speakerprint/pretrained/ecapa_c512_speechocean762`` to TorchScript and ONNX, with
 the features inside the model and without (fbank computed by torch), quantises the ONNX model to
-int8, embeds every utterance of the speechocean762 dev split (25 speakers, full length, one at a
+int8 (dynamic, and static with ranges calibrated on ``--calibration`` training utterances, whose
+speakers are not in dev), embeds every utterance of the speechocean762 dev split (25 speakers, full length, one at a
 time, so no padding) through each path, and writes ``docs/results/export_parity.md``: the largest
 absolute embedding difference against eager torch, the cosine to eager, and each path's EER and
 minDCF on the dev trials.
@@ -45,6 +46,12 @@ def main() -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="First N utterances (a quick check)"
     )
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=64,
+        help="Training utterances (drawn with a fixed seed) that calibrate the static int8 model",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -56,6 +63,12 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     wavs = [load_audio(u.path, bundle.sample_rate) for u in utts]
     audio_s = sum(len(w) for w in wavs) / bundle.sample_rate
+    train = read_manifest(args.data / "train.jsonl")
+    assert not {u.speaker for u in train} & {u.speaker for u in utts}, (
+        "train and dev share speakers"
+    )
+    draw = np.random.default_rng(0).choice(len(train), args.calibration, replace=False)
+    calibration = [load_audio(train[i].path, bundle.sample_rate) for i in sorted(draw)]
     print(f"{len(utts)} utterances ({audio_s / 60:.1f} min), {len(trials)} trials", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,9 +82,11 @@ def main() -> None:
         onnx_wav = export_onnx(args.bundle, tmp / "w.onnx", with_features=True)
         onnx_feats = export_onnx(args.bundle, tmp / "f.onnx", with_features=False)
         onnx_int8 = quantize_onnx_int8(onnx_wav, tmp / "w.int8.onnx")
-        sizes = {p.name: p.stat().st_size / 1e6 for p in (onnx_wav, onnx_int8)}
+        onnx_static = quantize_onnx_int8(onnx_wav, tmp / "w.s8.onnx", calibration=calibration)
+        sizes = {p.name: p.stat().st_size / 1e6 for p in (onnx_wav, onnx_int8, onnx_static)}
         ort_wav = OnnxSpeakerEncoder.from_file(onnx_wav, num_threads=1)
         ort_int8 = OnnxSpeakerEncoder.from_file(onnx_int8, num_threads=1)
+        ort_static = OnnxSpeakerEncoder.from_file(onnx_static, num_threads=1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         ort_feats = ort.InferenceSession(
@@ -102,6 +117,8 @@ def main() -> None:
             "ONNX fp32, features inside (no torch)": ort_wav.embed,
             "ONNX fp32, encoder only (torch fbank)": onnx_features_outside,
             "ONNX int8 dynamic, features inside (no torch)": ort_int8.embed,
+            f"ONNX int8 static ({args.calibration} calibration utterances), features inside "
+            "(no torch)": ort_static.embed,
         }
         embeddings, seconds = {}, {}
         for name, fn in paths.items():
@@ -116,12 +133,13 @@ def main() -> None:
     test = np.array([index[t.test] for t in trials])
     labels = np.array([t.label for t in trials])
     eager = embeddings[next(iter(paths))]
-    rows = []
+    rows, eers = [], {}
     for name, emb in embeddings.items():
         unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         scores = (unit[enrol] * unit[test]).sum(1)
         eer = compute_eer(scores, labels)
         dcf = compute_min_dcf(scores, labels, p_target=0.01)
+        eers[name] = eer.eer
         eager_unit = eager / np.linalg.norm(eager, axis=1, keepdims=True)
         cosine = (unit * eager_unit).sum(1)
         rows.append(
@@ -129,10 +147,18 @@ def main() -> None:
             f"{100 * eer.eer:.2f}% | {dcf.min_dcf:.4f} | {seconds[name]:.0f} s |"
         )
     scale = np.abs(eager).max()
+    base = eers[next(iter(paths))]
+    change = ", ".join(
+        f"{name.split(',')[0]} {100 * (eer - base) / base:+.1f}%"
+        for name, eer in eers.items()
+        if "int8" in name
+    )
     wall = time.perf_counter() - start
     command = "OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/export_parity_speechocean762.py"
     if args.limit:
         command += f" --limit {args.limit}"
+    if args.calibration != 64:
+        command += f" --calibration {args.calibration}"
     text = "\n".join(
         [
             "# Export parity on speechocean762 dev",
@@ -149,9 +175,13 @@ def main() -> None:
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"ONNX model sizes: fp32 {sizes['w.onnx']:.1f} MB, int8 {sizes['w.int8.onnx']:.1f} MB "
-            "(dynamic quantisation of the encoder's Conv and MatMul weights; the fbank stays "
-            "fp32). ONNX graphs come from torch's TorchScript-based exporter, opset 17; with "
+            f"Relative EER change against eager torch: {change}.",
+            "",
+            f"ONNX model sizes: fp32 {sizes['w.onnx']:.1f} MB, int8 dynamic "
+            f"{sizes['w.int8.onnx']:.1f} MB, int8 static {sizes['w.s8.onnx']:.1f} MB "
+            "(the encoder's Conv, MatMul and Gemm weights; static: per-channel int8 weights and "
+            "uint8 activations with ranges from the calibration utterances, QDQ format; the fbank "
+            "stays fp32; see `speakerprint.export.quantize_onnx_int8`). ONNX graphs come from torch's TorchScript-based exporter, opset 17; with "
             "features inside, the DFT is a float32 matmul (see `speakerprint/export/features.py`), "
             "which is where the features-inside paths differ from eager.",
             "",

@@ -32,6 +32,31 @@ def test_export_onnx_int8_with_features(small_bundle, tmp_path):
     assert enc.embed(torch.randn(4000).numpy() * 0.1).shape == (16,)
 
 
+def test_export_onnx_static_int8_calibrated_on_a_folder(small_bundle, tmp_path):
+    import numpy as np
+    import onnx
+    import soundfile as sf
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):  # 8 kHz files: resampled to the model's rate on the way in
+        sf.write(folder / f"u{i}.wav", (0.1 * rng.standard_normal(8000)).astype("float32"), 8000)
+    out = tmp_path / "out" / "m.s8.onnx"
+    args = ["export", str(small_bundle), "--format", "onnx", "--out", str(out), "--with-features"]
+    result = runner.invoke(
+        app, [*args, "--quantize", "int8", "--calibration", str(folder), "--calibration-utts", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "int8 static" in result.output and "calibrating on 3 of 5 utterances" in result.output
+    meta = json.loads((tmp_path / "out" / "m.s8.onnx.json").read_text())
+    assert meta["quantization"] == "int8-static" and meta["calibration_utterances"] == 3
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(out)).graph.node)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.s8.onnx", "m.s8.onnx.json"]
+    enc = OnnxSpeakerEncoder.from_file(out, num_threads=1)
+    assert np.isfinite(enc.embed(rng.standard_normal(4000).astype("float32") * 0.1)).all()
+
+
 def test_export_torchscript_without_features(small_bundle, tmp_path):
     out = tmp_path / "m.pt"
     result = runner.invoke(
@@ -50,6 +75,8 @@ def test_export_torchscript_without_features(small_bundle, tmp_path):
         (["--format", "tflite"], "--format must be onnx or torchscript"),
         (["--format", "torchscript", "--quantize", "int8"], "onnx only"),
         (["--format", "onnx", "--quantize", "int4"], "--quantize must be int8"),
+        (["--format", "onnx", "--calibration", "."], "--calibration applies to --quantize int8"),
+        (["--format", "onnx", "--quantize", "int8", "--calibration-utts", "0"], "must be positive"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(small_bundle, tmp_path, extra, message):

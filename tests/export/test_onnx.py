@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from speakerprint.errors import BundleError
+from speakerprint.errors import BundleError, ConfigError
 from speakerprint.eval.cache import bundle_fingerprint
 from speakerprint.export import export_onnx, quantize_onnx_int8
 from speakerprint.export.features import ExportFbank
@@ -100,7 +100,18 @@ def test_sidecar_of_a_bundle_names_its_fingerprint_and_threshold(small_bundle, t
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def test_int8_quantises_the_encoder_not_the_features(small_bundle, tmp_path):
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _speechlike(seed: int, num_samples: int) -> np.ndarray:
+    """Noise shaped by a slow random envelope: activations with speech-like dynamics."""
+    rng = np.random.default_rng(seed)
+    envelope = np.repeat(rng.uniform(0.01, 0.3, num_samples // 800 + 1), 800)[:num_samples]
+    return (envelope * rng.standard_normal(num_samples)).astype(np.float32)
+
+
+def test_dynamic_int8_quantises_the_encoder_not_the_features(small_bundle, tmp_path):
     fp32 = export_onnx(small_bundle, tmp_path / "m.onnx", with_features=True)
     int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx")
     nodes = onnx.load(str(int8)).graph.node
@@ -111,9 +122,52 @@ def test_int8_quantises_the_encoder_not_the_features(small_bundle, tmp_path):
     inputs = {"wav": wav.numpy(), "lengths": np.array([24000, 11000])}
     (a,) = _session(fp32).run(None, inputs)
     (b,) = _session(int8).run(None, inputs)
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert (cosine > 0.99).all(), cosine
+    assert (_cosines(a, b) > 0.99).all(), _cosines(a, b)
     assert not np.array_equal(a, b)  # the quantised graph really computes something else
+
+
+@pytest.mark.parametrize("with_features", [True, False])
+@pytest.mark.parametrize("family", ONNX_FAMILIES)
+def test_static_int8_of_every_family_follows_the_float_model(family, with_features, tmp_path):
+    model = _build(family).eval()
+    config = FbankConfig(num_mel_bins=model.feat_dim)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", with_features=with_features, fbank_config=config)
+    calibration = [_speechlike(seed, 8000 + 1000 * seed) for seed in range(6)]
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration=calibration)
+    meta = read_sidecar(int8)
+    assert meta["quantization"] == "int8-static" and meta["calibration_utterances"] == 6
+    nodes = onnx.load(str(int8)).graph.node
+    weights_int8 = [n for n in nodes if n.op_type == "DequantizeLinear" and "weight" in n.input[0]]
+    assert weights_int8, "no weight was quantised"
+    assert not any(n.name.startswith("/fbank/") and "Quantize" in n.op_type for n in nodes)
+    # Held-out inputs, padded batch included.
+    wav = np.stack([_speechlike(10, 12000), np.pad(_speechlike(11, 9000), (0, 3000))])
+    lengths = np.array([12000, 9000])
+    if with_features:
+        inputs = {"wav": wav, "lengths": lengths}
+    else:
+        feats, frames = Fbank(config).eval()(torch.from_numpy(wav), torch.from_numpy(lengths))
+        inputs = {"feats": feats.numpy(), "lengths": frames.numpy()}
+    (a,) = _session(fp32).run(None, inputs)
+    (b,) = _session(int8).run(None, inputs)
+    assert (_cosines(a, b) > 0.995).all(), _cosines(a, b)
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "message"),
+    [
+        ([], "at least one calibration waveform"),
+        ([np.zeros((2, 8000), np.float32)], "calibration waveform 0: expected a finite 1-D"),
+        ([np.zeros(8000, np.float32), np.zeros(10, np.float32)], "calibration waveform 1"),
+        ([np.full(8000, np.nan, np.float32)], "calibration waveform 0"),
+    ],
+)
+def test_static_int8_rejects_bad_calibration(small_bundle, tmp_path, calibration, message):
+    fp32 = export_onnx(small_bundle, tmp_path / "m.onnx", with_features=True)
+    with pytest.raises(ConfigError, match=message):
+        quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration=calibration)
+    assert not (tmp_path / "m.int8.onnx").exists()
 
 
 def test_export_of_a_loaded_bundle_equals_its_embed_batch(small_bundle, tmp_path):

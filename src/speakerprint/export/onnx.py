@@ -1,4 +1,4 @@
-"""ONNX export of a bundle or an encoder, and int8 dynamic quantisation of the result.
+"""ONNX export of a bundle or an encoder, and int8 quantisation (dynamic or static) of the result.
 
 Uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): torch 2.13's
 default dynamo exporter needs the ``onnxscript`` package, which the ``[onnx]`` extra does not
@@ -17,11 +17,13 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from speakerprint.errors import BundleError
+from speakerprint.errors import BundleError, ConfigError
 from speakerprint.export.common import Source, resolve_source, write_sidecar
 from speakerprint.features import FbankConfig
 from speakerprint.onnx_runtime import read_sidecar
@@ -130,26 +132,52 @@ class _DropPreprocessHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_onnx_int8(source: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Dynamic int8 quantisation (onnxruntime) of an exported model, with its sidecar.
+def quantize_onnx_int8(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    calibration: Iterable[np.ndarray] | None = None,
+) -> Path:
+    """Int8 quantisation (onnxruntime) of an exported model's encoder, with its sidecar.
 
-    Weights of the encoder's Conv, MatMul and Gemm nodes become int8; activations are quantised
-    per batch at run time. The features (DFT basis, mel filters) stay float32: their inputs span
-    many orders of magnitude, and int8 would wreck the log-mel values.
+    The features (DFT basis, mel filters) stay float32: their inputs span many orders of
+    magnitude, and int8 would wreck the log-mel values.
+
+    - ``calibration=None``: *dynamic*. The weights of the encoder's Conv, MatMul and Gemm nodes
+      are stored as uint8 and activations are quantised per call. uint8 rather than int8 weights:
+      onnxruntime's ``ConvInteger`` runs the u8 x s8 product about 3x slower than u8 x u8 on
+      x86-64 (``bench/cpu_inference.py``), slower than float32.
+    - ``calibration``: *static*, the faster form (QDQ, per-channel int8 weights, uint8
+      activations whose ranges come from the calibration audio: min/max over it). Give
+      waveforms (1-D float32 in [-1, 1] at the sidecar's sample rate) of real speech of the
+      kind the model will see, a few dozen utterances of other speakers than the test set's.
+      For an export that takes features, the waveforms go through the sidecar's front end.
+
+    Nodes whose output goes through a ``Where`` (the masking of padded frames before the
+    pooling's softmax) stay float32: onnxruntime's quantiser loses the tensor between them
+    ("Invalid model with unknown initializers/tensors"), and it is one small conv.
 
     Returns:
-        ``path``; its sidecar is the source's with ``"quantization": "int8-dynamic"``.
+        ``path``; its sidecar is the source's with ``"quantization"`` ``"int8-dynamic"`` or
+        ``"int8-static"`` (and the number of calibration utterances).
     """
     _import_onnx_tools()
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     source, path = Path(source), Path(path)
     meta = read_sidecar(source)
     if meta.get("model_format") != "onnx":
         raise BundleError(f"{source} is a {meta.get('model_format')} export, not ONNX")
     model = onnx.load(str(source))
-    exclude = [node.name for node in model.graph.node if node.name.startswith(_FEATURE_SCOPE)]
+    exclude = _float_nodes(model)
+    feeds = None if calibration is None else _calibration_feeds(calibration, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     quiet = _DropPreprocessHint()
@@ -157,15 +185,84 @@ def quantize_onnx_int8(source: str | os.PathLike, path: str | os.PathLike) -> Pa
     try:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
             tmp_path = Path(tmp) / path.name
-            quantize_dynamic(
-                str(source),
-                str(tmp_path),
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                nodes_to_exclude=exclude,
-            )
+            if feeds is None:
+                quantize_dynamic(
+                    str(source),
+                    str(tmp_path),
+                    weight_type=QuantType.QUInt8,
+                    op_types_to_quantize=list(_QUANTISED_OPS),
+                    nodes_to_exclude=exclude,
+                )
+            else:
+
+                class _Reader(CalibrationDataReader):
+                    def __init__(self) -> None:
+                        self._feeds = iter(feeds)
+
+                    def get_next(self) -> dict[str, np.ndarray] | None:
+                        return next(self._feeds, None)
+
+                quantize_static(
+                    str(source),
+                    str(tmp_path),
+                    _Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    op_types_to_quantize=list(_QUANTISED_OPS),
+                    nodes_to_exclude=exclude,
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
             atomic_write_bytes(path, tmp_path.read_bytes())
     finally:
         root.removeFilter(quiet)
-    write_sidecar(path, {**meta, "quantization": "int8-dynamic"})
+    extra: dict[str, object] = {"quantization": "int8-dynamic" if feeds is None else "int8-static"}
+    if feeds is not None:
+        extra["calibration_utterances"] = len(feeds)
+    write_sidecar(path, {**meta, **extra})
     return path
+
+
+_QUANTISED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def _float_nodes(model) -> list[str]:
+    """Names of the nodes the quantiser must leave alone: the features and the feeds of Where."""
+    into_where = {
+        name for node in model.graph.node if node.op_type == "Where" for name in node.input
+    }
+    return [
+        node.name
+        for node in model.graph.node
+        if node.name.startswith(_FEATURE_SCOPE)
+        or (node.op_type in _QUANTISED_OPS and into_where.intersection(node.output))
+    ]
+
+
+def _calibration_feeds(
+    calibration: Iterable[np.ndarray], meta: dict
+) -> list[dict[str, np.ndarray]]:
+    """One feed per waveform, in the graph's input kind (features through the sidecar's front end)."""
+    frontend = None
+    if meta["input_kind"] != "waveform":
+        from speakerprint.features import frontend_from_dict
+
+        frontend = frontend_from_dict(meta["features"]).eval()
+    feeds = []
+    for i, wav in enumerate(calibration):
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1 or len(wav) < meta["min_samples"] or not np.isfinite(wav).all():
+            raise ConfigError(
+                f"calibration waveform {i}: expected a finite 1-D array of at least "
+                f"{meta['min_samples']} samples, got shape {wav.shape}"
+            )
+        if frontend is None:
+            feeds.append({"wav": wav[None], "lengths": np.array([len(wav)], dtype=np.int64)})
+        else:
+            with torch.no_grad():
+                feats, frames = frontend(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+            feeds.append({"feats": feats.numpy(), "lengths": frames.numpy().astype(np.int64)})
+    if not feeds:
+        raise ConfigError("static int8 quantisation needs at least one calibration waveform")
+    return feeds
