@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: stdout)")
     parser.add_argument("--expect", nargs="*", default=[], help="run names the table should hold")
     parser.add_argument("--note", action="append", default=[], help="a line to add under the table")
+    parser.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="keep the --out file's rows of expected runs whose folders are not here (say so)",
+    )
     args = parser.parse_args(argv)
 
     rows = [row for d in sorted(args.runs.iterdir()) if d.is_dir() and (row := summarise(d))]
@@ -78,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         "| mean cos same | mean cos diff | train min | device |",
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['model']} | {r['loss']} | {r['params_m']:.2f} | {r['steps']} "
-            f"| {r['batch']} | {r['train_acc']:.2f} | {r['eer']:.2f} | {r['min_dcf']:.3f} "
-            f"| {fmt(r['sap'])} | {fmt(r['san'])} | {r['wall_min']:.1f} | {r['device']} |"
-        )
+    table = {
+        r["run"]: f"| {r['run']} | {r['model']} | {r['loss']} | {r['params_m']:.2f} | {r['steps']} "
+        f"| {r['batch']} | {r['train_acc']:.2f} | {r['eer']:.2f} | {r['min_dcf']:.3f} "
+        f"| {fmt(r['sap'])} | {fmt(r['san'])} | {r['wall_min']:.1f} | {r['device']} |"
+        for r in rows
+    }
+    kept = {}
+    if args.keep_missing and args.out and args.out.exists():
+        previous = args.out.read_text().splitlines()
+        for name in args.expect:
+            found = [line for line in previous if line.startswith(f"| {name} |")]
+            if name not in table and found:
+                kept[name] = found[0]
+    lines += [row for _, row in sorted({**table, **kept}.items())]
     lines += [
         "",
         f"Dev: {rows[0]['trials']} trials between utterances of speakers never seen in training. "
@@ -95,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {cpu_name()}, {platform.system()} {platform.machine()}, "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
     ]
-    missing = [name for name in args.expect if name not in {r["run"] for r in rows}]
+    if kept:
+        lines += [
+            "",
+            f"Rows kept from the previous table, their run folders not being on the machine that "
+            f"made this one (the same command retrains them): {', '.join(sorted(kept))}.",
+        ]
+    missing = [name for name in args.expect if name not in table and name not in kept]
     if missing:
         lines += ["", f"Not finished, so not in the table: {', '.join(missing)}."]
     for note in args.note:

@@ -381,3 +381,71 @@ def test_unicode_path_through_pyav(tmp_path):
     write_pyav(path, chirp(), SR, "libmp3lame")
     assert best_lag(chirp(), load_audio(path, SR)) == 0
     assert audio_info(path).sample_rate == SR
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming: stream_audio decodes once, block by block, and equals load_audio
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "channels", "writer"),
+    [
+        ("a.wav", 44100, 2, "soundfile"),
+        ("b.flac", 16000, 1, "soundfile"),
+        ("c.opus", 48000, 1, "soundfile"),
+        ("d.m4a", 44100, 2, "pyav"),
+        ("e.mp3", 22050, 1, "pyav"),
+    ],
+)
+def test_stream_equals_load_audio(tmp_path, name, rate, channels, writer):
+    from speakerprint.audio import stream_audio
+
+    rng = np.random.default_rng(1)
+    wav = (0.3 * rng.standard_normal((rate * 5 + 77, channels))).astype(np.float32).squeeze()
+    path = tmp_path / name
+    if writer == "soundfile":
+        sf.write(
+            path,
+            wav,
+            rate,
+            format="OGG" if name.endswith(".opus") else None,
+            subtype="OPUS" if name.endswith(".opus") else None,
+        )
+    else:
+        write_pyav(path, wav, rate, "aac" if name.endswith(".m4a") else "libmp3lame")
+    whole = load_audio(path, 16000)
+    blocks = list(stream_audio(path, 16000, block_s=0.9))
+    assert {len(b) for b in blocks[:-1]} == {round(0.9 * 16000)}
+    assert 0 < len(blocks[-1]) <= round(0.9 * 16000)
+    assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+
+
+# A FLAC cut short fails where the stream reaches the cut, and says so.
+STREAM_ERROR_CASES = [
+    (case, "decoding failed mid-file" if case == "truncated_flac" else reason)
+    for case, reason in ERROR_CASES
+    if not case.endswith(("_start", "_duration", "_end"))
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"), STREAM_ERROR_CASES, ids=[c for c, _ in STREAM_ERROR_CASES]
+)
+def test_stream_raises_the_errors_of_load_audio(tmp_path, case, reason):
+    from speakerprint.audio import stream_audio
+
+    path, kwargs = make_bad_file(tmp_path, case)
+    with pytest.raises(AudioLoadError) as caught:
+        list(stream_audio(path, **kwargs))
+    assert caught.value.path == str(path) and reason in caught.value.reason
+
+
+def test_stream_rejects_a_bad_block_length(tmp_path):
+    from speakerprint.audio import stream_audio
+
+    path = tmp_path / "good.wav"
+    sf.write(path, chirp(), SR)
+    for block_s in (0.0, -1.0, float("nan")):
+        with pytest.raises(AudioLoadError, match="block_s"):
+            next(stream_audio(path, block_s=block_s))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from speakerprint.audio import AudioLoadError, load_audio, resample
+from speakerprint.audio import AudioLoadError, load_audio, resample, stream_audio
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.eval.cache import bundle_fingerprint
 from speakerprint.features import FbankConfig
@@ -222,3 +222,69 @@ def test_fingerprint_is_the_bundle_fingerprint(tmp_path):
     assert SpeakerEncoder.from_pretrained(other).fingerprint != enc.fingerprint
     with pytest.raises(BundleError, match="from_pretrained"):
         SpeakerEncoder(load_bundle(other)).fingerprint  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("seconds", "window_s", "hop_s", "batch_size"),
+    [
+        (7.0, 3.0, 1.5, 2),
+        (9.3, 2.0, 0.7, 5),
+        (2.5, 3.0, 1.5, 4),
+        (6.0, 3.0, 3.0, 1),
+        (8.0, 1.0, 2.5, 3),
+    ],
+)
+def test_embed_file_of_a_path_streams_and_equals_the_array_path(
+    tmp_path, wav_files, monkeypatch, seconds, window_s, hop_s, batch_size
+):
+    import soundfile as sf
+
+    import speakerprint.inference.encoder as encoder_module
+
+    enc = _small_encoder(tmp_path)
+    wav = np.concatenate([load_audio(f) for f in wav_files])[: round(seconds * 16000)]
+    path = tmp_path / "long.flac"
+    sf.write(path, resample(wav, 16000, 44100), 44100)  # resampled on the way in, as a stream
+    decoded = load_audio(path, 16000)
+    blocks = []
+
+    def recording_stream(*args, **kwargs):
+        for block in stream_audio(*args, **kwargs):
+            blocks.append(len(block))
+            yield block
+
+    monkeypatch.setattr(encoder_module, "STREAM_BLOCK_S", 0.7)  # many blocks per window
+    monkeypatch.setattr(encoder_module, "stream_audio", recording_stream)
+    kwargs = {"window_s": window_s, "hop_s": hop_s, "batch_size": batch_size}
+    streamed = enc.embed_file(path, **kwargs)
+    whole = enc.embed_file(decoded, **kwargs)
+    assert len(blocks) > 3 and max(blocks) == round(0.7 * 16000)
+    np.testing.assert_array_equal(streamed.starts_s, whole.starts_s)
+    np.testing.assert_array_equal(streamed.ends_s, whole.ends_s)
+    np.testing.assert_allclose(streamed.embeddings, whole.embeddings, rtol=0, atol=1e-5)
+
+
+def test_embed_file_of_a_long_file_holds_a_bounded_part_of_it(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import speakerprint.inference.encoder as encoder_module
+
+    enc = _small_encoder(tmp_path)
+    block = 30 * 16000
+    minutes = 30  # 115 MB of float32 at 16 kHz if it were held whole
+
+    def endless_speechlike(path, sample_rate, block_s):
+        rng = np.random.default_rng(0)
+        for _ in range(minutes * 2):
+            yield (0.1 * rng.standard_normal(block)).astype(np.float32)
+
+    monkeypatch.setattr(encoder_module, "stream_audio", endless_speechlike)
+    tracemalloc.start()
+    try:
+        segs = enc.embed_file(tmp_path / "unused.wav", window_s=2.0, hop_s=15.0, batch_size=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Regular windows every 15 s, then one aligned to the end.
+    assert len(segs) == minutes * 4 + 1 and segs.ends_s[-1] == minutes * 60
+    assert peak < 20e6, f"peak {peak / 1e6:.1f} MB"  # a few blocks, not the recording

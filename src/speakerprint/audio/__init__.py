@@ -16,6 +16,7 @@ from speakerprint.audio.io import (
     load_audio,
     load_audio_bytes,
     resample,
+    stream_audio,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "load_audio",
     "load_audio_bytes",
     "resample",
+    "stream_audio",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speakerprint.audio import load_audio, resample
+from speakerprint.audio import load_audio, resample, stream_audio
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.inference.result import VerificationResult, cosine_score
 from speakerprint.models.bundle import Bundle, load_bundle
@@ -23,6 +23,8 @@ from speakerprint.models.bundle import Bundle, load_bundle
 #: The model that ships with the package (see README: ECAPA-TDNN C=512 trained on the 100 training
 #: speakers of speechocean762's train split).
 DEFAULT_MODEL_NAME = "ecapa_c512_speechocean762"
+#: Seconds of audio decoded at a time when embed_file streams a file.
+STREAM_BLOCK_S = 30.0
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -182,8 +184,10 @@ class SpeakerEncoder:
         window stops short of the end, one more window is aligned to the end, so every sample is
         covered. A recording (or speech region) shorter than one window gives one window of its
         own length. With ``vad`` ("energy" or "silero"), windows are laid over the detected
-        speech regions only, and a recording without speech gives no windows (N = 0). The whole
-        recording is decoded into memory (about 230 MB per hour at 16 kHz).
+        speech regions only, and a recording without speech gives no windows (N = 0). A file
+        without ``vad`` is decoded as a stream and embedded as its windows complete, so memory
+        stays bounded whatever its length (``bench/long_file.py``); with ``vad``, or given as an
+        array, the whole recording is in memory (about 230 MB per hour at 16 kHz).
 
         Args:
             audio: a file path or a mono waveform (see :meth:`embed`).
@@ -207,20 +211,69 @@ class SpeakerEncoder:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         detector = None if vad is None else _vad_detector(vad)
-        wav = self._waveform(audio, sample_rate)
-        regions = [(0, len(wav))] if detector is None else self._speech_regions(wav, detector)
         window = round(window_s * self.sample_rate)
         hop = round(hop_s * self.sample_rate)
-        spans = [w for start, end in regions for w in _windows(start, end, window, hop)]
+        if detector is None and isinstance(audio, (str, os.PathLike)):
+            spans, parts = self._streamed_windows(audio, window, hop, batch_size)
+        else:
+            wav = self._waveform(audio, sample_rate)
+            regions = [(0, len(wav))] if detector is None else self._speech_regions(wav, detector)
+            spans = [w for start, end in regions for w in _windows(start, end, window, hop)]
+            wav_t = torch.from_numpy(wav)
+            parts = [
+                self.embed_batch([wav_t[s:e] for s, e in spans[first : first + batch_size]])
+                for first in range(0, len(spans), batch_size)
+            ]
         embeddings = np.zeros((len(spans), self.embed_dim), dtype=np.float32)
-        wav_t = torch.from_numpy(wav)
-        for first in range(0, len(spans), batch_size):
-            chunk = spans[first : first + batch_size]
-            embeddings[first : first + len(chunk)] = self.embed_batch(
-                [wav_t[s:e] for s, e in chunk]
-            )
+        if parts:
+            embeddings[:] = np.concatenate(parts)
         bounds = np.asarray(spans, dtype=np.float64).reshape(-1, 2) / self.sample_rate
         return SegmentEmbeddings(embeddings, bounds[:, 0].copy(), bounds[:, 1].copy())
+
+    def _streamed_windows(
+        self, path: str | os.PathLike, window: int, hop: int, batch_size: int
+    ) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+        """:func:`_windows` over a file decoded as a stream, embedded batch by batch as the
+        windows complete: the spans, batches and embeddings of the decoded-array path, while
+        memory holds one decoded block, the samples still needed and one batch."""
+        spans: list[tuple[int, int]] = []
+        parts: list[np.ndarray] = []
+        buffer, buffer_start, next_start, done = np.zeros(0, np.float32), 0, 0, 0
+
+        def flush(count: int) -> None:
+            nonlocal done
+            batch = spans[done : done + count]
+            parts.append(
+                self.embed_batch(
+                    [
+                        torch.from_numpy(buffer[s - buffer_start : e - buffer_start])
+                        for s, e in batch
+                    ]
+                )
+            )
+            done += len(batch)
+
+        for block in stream_audio(path, self.sample_rate, block_s=STREAM_BLOCK_S):
+            buffer = np.concatenate([buffer, block])
+            end = buffer_start + len(buffer)
+            while next_start + window <= end:
+                spans.append((next_start, next_start + window))
+                next_start += hop
+                if len(spans) - done == batch_size:
+                    flush(batch_size)
+            # Still needed: the windows waiting for a batch, later regular windows (from
+            # next_start) and the window aligned to the end (from next_start - hop or later).
+            keep_from = spans[done][0] if done < len(spans) else next_start - hop
+            keep_from = max(keep_from, buffer_start)
+            buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
+        end = buffer_start + len(buffer)
+        if not spans and end > 0:
+            spans.append((0, end))
+        elif spans and spans[-1][1] < end:
+            spans.append((end - window, end))
+        if done < len(spans):
+            flush(len(spans) - done)
+        return spans, parts
 
     def _speech_regions(self, wav: np.ndarray, detector: Callable) -> list[tuple[int, int]]:
         """Speech regions as (start, end) samples of ``wav``."""
