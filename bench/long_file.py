@@ -10,7 +10,10 @@ with the shipped model:
   activations grow with the number of frames.
 
 Reports the peak resident set of the process (``ru_maxrss``), the same after loading the model
-alone, the number of windows and the wall time.
+alone, the number of windows and the wall time. ``embed_file`` runs twice: with glibc's default
+malloc, whose heap fragments under the batches' large short-lived buffers so that the peak creeps
+up with the length although nothing is kept, and with ``MALLOC_MMAP_THRESHOLD_=65536`` (large
+buffers mapped and returned at once), which shows what the code itself holds.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/long_file.py --out bench/long_file.md
 """
@@ -34,6 +37,7 @@ from speakerprint.utils.machine import cpu_name
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762" / "train"
 SAMPLE_RATE = 16000
+MMAP = "MALLOC_MMAP_THRESHOLD_=65536"
 
 CHILD = """
 import resource, sys, time, json
@@ -84,11 +88,16 @@ def write_long(path: Path, minutes: float) -> str:
     return source
 
 
-def run_child(mode: str, path: Path) -> dict:
+def run_child(mode: str, path: Path, env: dict | None = None) -> dict:
     import json
+    import os
 
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, mode, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -111,19 +120,23 @@ def main() -> None:
         for minutes in args.minutes:
             path = Path(tmp) / f"{minutes:g}min.flac"
             source = write_long(path, minutes)
-            modes = ["embed_file"] + (["embed"] if minutes in args.full_length_minutes else [])
-            for mode in modes:
-                r = run_child(mode, path)
+            modes = [("embed_file", "default"), ("embed_file", MMAP)]
+            if minutes in args.full_length_minutes:
+                modes.append(("embed", "default"))
+            for mode, malloc in modes:
+                env = None if malloc == "default" else dict([malloc.split("=")])
+                r = run_child(mode, path, env)
                 rows.append(
-                    f"| {minutes:g} min | {mode} | {r['windows']} | {r['peak_mb']:.0f} | "
+                    f"| {minutes:g} min | {mode} | {malloc} | {r['windows']} | {r['peak_mb']:.0f} | "
                     f"{r['peak_mb'] - baseline['peak_mb']:+.0f} | {r['wall_s']:.1f} |"
                 )
                 print(rows[-1], flush=True)
             path.unlink()
     table = "\n".join(
         [
-            "| recording | call | embeddings | peak RSS (MB) | over the loaded model (MB) | wall s |",
-            "|---|---|---|---|---|---|",
+            "| recording | call | malloc | embeddings | peak RSS (MB) | over the loaded model (MB) "
+            "| wall s |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Shipped model (ECAPA-TDNN C=512), 1 thread, FLAC at 16 kHz made of {source}. "
