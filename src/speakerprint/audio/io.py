@@ -9,6 +9,7 @@ type, :class:`AudioLoadError`, naming the file and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import math
@@ -224,8 +225,9 @@ def stream_audio(
 
     Memory stays bounded whatever the file's length: one block of decoded audio and the
     resampler's state. The concatenated blocks equal :func:`load_audio` of the whole file
-    (the same soxr 'HQ' resampler, run as a stream; equal within float rounding, and exactly
-    when no resampling is needed). Blocks are ``block_s`` seconds long but the last.
+    sample for sample (the same decoders and soxr 'HQ' resampler, run as a stream; the tests
+    check wav, flac, opus, m4a and mp3 at 16-48 kHz). Blocks are ``block_s`` seconds long but
+    the last.
 
     Raises:
         AudioLoadError: as :func:`load_audio`, from the block where the problem shows (a file
@@ -244,8 +246,8 @@ def stream_audio(
                 if f.frames <= 0:
                     raise AudioLoadError(path, "the file holds no audio samples")
                 _check_wav_not_truncated(f, file, path)
-        except RuntimeError:  # libsndfile refuses it: FFmpeg may not (as in load_audio)
-            chunks = _pyav_chunks(file, path)
+        except RuntimeError as sf_error:  # libsndfile refuses it: FFmpeg may not (as in load_audio)
+            chunks = _pyav_chunks(file, path, sf_error)
         else:
             chunks = _soundfile_chunks(file, path, block_s)
     else:
@@ -266,15 +268,21 @@ def _soundfile_chunks(file: Path, path, block_s: float) -> Iterator[tuple[np.nda
             yield chunk, f.samplerate
 
 
-def _pyav_chunks(file: Path, path) -> Iterator[tuple[np.ndarray, int]]:
+def _pyav_chunks(
+    file: Path | bytes, path, soundfile_error: Exception | None = None
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Decoded chunks ``(N, C)`` float32 of the first audio stream, with the stream's rate."""
     import av
 
-    with _open_pyav(file, path, None) as container:
+    with _open_pyav(file, path, soundfile_error) as container:
         stream = container.streams.audio[0]
         sr = stream.codec_context.sample_rate
         if not sr:
             raise AudioLoadError(path, "the audio stream states no sample rate")
-        resampler = av.AudioResampler(format="flt")  # packed: see _read_pyav
+        # Packed (interleaved) float: one plane whatever the channel count. PyAV 18 miscounts
+        # the planes of a planar frame with 8 channels and to_ndarray() then reads past the
+        # frame's buffers (a segfault, found by the nightly fuzz profile).
+        resampler = av.AudioResampler(format="flt")
         channels = None
         try:
             for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
@@ -289,7 +297,7 @@ def _pyav_chunks(file: Path, path) -> Iterator[tuple[np.ndarray, int]]:
                     channels = chunk.shape[1]
                     yield chunk, sr
         except (av.FFmpegError, EOFError) as error:
-            raise AudioLoadError(path, _decode_failure(error, None)) from error
+            raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
 
 
 def _mono_resampled(
@@ -485,38 +493,19 @@ def _read_pyav(
     soundfile_error: Exception | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 ``(N, C)``; decode then slice the window."""
-    import av
-
-    with _open_pyav(file, path, soundfile_error) as container:
-        stream = container.streams.audio[0]
-        sr = stream.codec_context.sample_rate
-        if not sr:
-            raise AudioLoadError(path, "the audio stream states no sample rate")
-        start, count = _window_samples(path, sr, None, start_s, duration_s)
-        end = None if count is None else start + count
-        # Packed (interleaved) float: one plane whatever the channel count. PyAV 18 miscounts
-        # the planes of a planar frame with 8 channels and to_ndarray() then reads past the
-        # frame's buffers (a segfault, found by the nightly fuzz profile).
-        resampler = av.AudioResampler(format="flt")
-        chunks: list[np.ndarray] = []
-        decoded = 0
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(out.samples, -1))
-                    decoded += out.samples
-                if end is not None and decoded >= end:
-                    break  # the window is complete: no need to decode the rest
-            else:
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(out.samples, -1))
-        except (av.FFmpegError, EOFError) as error:
-            raise AudioLoadError(path, _decode_failure(error, soundfile_error)) from error
-    if not chunks or sum(c.shape[0] for c in chunks) == 0:
+    chunks: list[np.ndarray] = []
+    decoded, sr, start, end = 0, 0, 0, None
+    with contextlib.closing(_pyav_chunks(file, path, soundfile_error)) as frames:
+        for chunk, sr in frames:
+            if not chunks:
+                start, count = _window_samples(path, sr, None, start_s, duration_s)
+                end = None if count is None else start + count
+            chunks.append(chunk)
+            decoded += len(chunk)
+            if end is not None and decoded >= end:
+                break  # the window is complete: no need to decode the rest
+    if decoded == 0:
         raise AudioLoadError(path, "the file holds no audio samples")
-    channels = {c.shape[1] for c in chunks}
-    if len(channels) != 1:
-        raise AudioLoadError(path, f"the channel count changes within the stream: {channels}")
     wav = np.concatenate(chunks, axis=0)  # (N, C)
     if start >= wav.shape[0]:
         raise AudioLoadError(

@@ -145,8 +145,9 @@ def quantize_onnx_int8(
 
     - ``calibration=None``: *dynamic*. The weights of the encoder's Conv, MatMul and Gemm nodes
       are stored as uint8 and activations are quantised per call. uint8 rather than int8 weights:
-      onnxruntime's ``ConvInteger`` runs the u8 x s8 product about 3x slower than u8 x u8 on
-      x86-64 (``bench/cpu_inference.py``), slower than float32.
+      with int8 weights onnxruntime's ``ConvInteger`` ran slower than the float32 model on the
+      AVX-512 machine of ``bench/cpu_inference_peers.md`` (a one-off check, not a benchmark in
+      the repo).
     - ``calibration``: *static*, the faster form (QDQ, per-channel int8 weights, uint8
       activations whose ranges come from the calibration audio: min/max over it). Give
       waveforms (1-D float32 in [-1, 1] at the sidecar's sample rate) of real speech of the
