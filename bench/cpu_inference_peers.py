@@ -59,9 +59,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import platform
-import sys
 import tempfile
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +68,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from _calibration import calibration_waveforms
+from _peers import import_speechbrain, import_wespeaker_models
 from cpu_inference import SAMPLE_RATE, _session, _timings
 
 from speakerprint.export import export_onnx, quantize_onnx_int8
@@ -89,37 +88,6 @@ PEERS = {
 SCOPES = ("features+embedding", "features only", "embedding only")
 
 
-class _TorchaudioStub(types.ModuleType):
-    """Stands in for an absent torchaudio: any use other than reading the version fails."""
-
-    __version__ = "2.9.0+stub"
-
-    def __getattr__(self, name: str):
-        raise AttributeError(f"torchaudio stub (bench only): torchaudio.{name} is not available")
-
-
-def _import_speechbrain():
-    if "torchaudio" not in sys.modules and importlib.util.find_spec("torchaudio") is None:
-        sys.modules["torchaudio"] = _TorchaudioStub("torchaudio")
-    import speechbrain
-    from speechbrain.lobes.features import Fbank as SBFbank
-    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
-    from speechbrain.processing.features import InputNormalization
-
-    return speechbrain.__version__, SBFbank, InputNormalization, ECAPA_TDNN
-
-
-def _import_wespeaker_models(module: str):
-    if "wespeaker" not in sys.modules:
-        spec = importlib.util.find_spec("wespeaker")
-        if spec is None:
-            raise SystemExit("wespeaker is not installed; see bench/README.md")
-        package = types.ModuleType("wespeaker")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["wespeaker"] = package
-    return importlib.import_module(f"wespeaker.models.{module}")
-
-
 @dataclass
 class System:
     """One system of a cell: a label and a callable per (runtime, scope)."""
@@ -134,7 +102,7 @@ def _n_params(model: torch.nn.Module) -> int:
 
 
 def _speechbrain_system(name: str, wav: torch.Tensor) -> System:
-    _, SBFbank, InputNormalization, ECAPA_TDNN = _import_speechbrain()
+    _, SBFbank, InputNormalization, ECAPA_TDNN = import_speechbrain()
     channels = [1024] * 4 + [3072] if name == "sb_ecapa_c1024" else [512] * 4 + [1536]
     torch.manual_seed(0)
     model = ECAPA_TDNN(
@@ -176,11 +144,11 @@ def _wespeaker_system(name: str, wav: torch.Tensor) -> System:
 
     torch.manual_seed(0)
     if name == "ws_resnet34":
-        model = _import_wespeaker_models("resnet").ResNet34(feat_dim=80, embed_dim=256)
+        model = import_wespeaker_models("resnet").ResNet34(feat_dim=80, embed_dim=256)
     else:
         # the GLOB (global-context attentive pooling) variants: those of WeSpeaker's VoxCeleb recipes
         factory = "ECAPA_TDNN_GLOB_c1024" if name == "ws_ecapa_c1024" else "ECAPA_TDNN_GLOB_c512"
-        model = getattr(_import_wespeaker_models("ecapa_tdnn"), factory)(feat_dim=80, embed_dim=192)
+        model = getattr(import_wespeaker_models("ecapa_tdnn"), factory)(feat_dim=80, embed_dim=192)
     model.eval()
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = SAMPLE_RATE
@@ -331,7 +299,7 @@ def main() -> None:
                         print(rows[-1], flush=True)
             for peer in peers:
                 if peer.startswith("sb_"):
-                    versions["speechbrain"] = _import_speechbrain()[0]
+                    versions["speechbrain"] = import_speechbrain()[0]
                 else:
                     versions["wespeaker-unofficial"] = importlib.metadata.version(
                         "wespeaker-unofficial"

@@ -53,7 +53,24 @@ def summarise(run_dir: Path) -> dict | None:
         "trials": final["num_target"] + final["num_nontarget"],
         "wall_min": sum(r["train_wall_s"] for r in end) / 60,
         "device": end[-1]["device"],
+        "augment": describe_augment(cfg.augment),
     }
+
+
+def describe_augment(aug) -> str:
+    """What a run's ``augment:`` section switched on, with each probability."""
+    parts = []
+    if aug.noise_prob > 0:
+        parts.append(f"noise {aug.noise_prob:g}")
+    if aug.reverb_prob > 0:
+        parts.append(f"reverb {aug.reverb_prob:g}")
+    if aug.speed_perturb:
+        parts.append("speed 0.9/1.0/1.1")
+    if aug.specaugment_prob > 0:
+        parts.append(f"SpecAugment {aug.specaugment_prob:g}")
+    if aug.codec_prob > 0:
+        parts.append(f"codec {aug.codec_prob:g}")
+    return ", ".join(parts) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the --out file's rows of expected runs whose folders are not here (say so)",
     )
+    parser.add_argument(
+        "--augment-column", action="store_true", help="add a column saying what each run augmented"
+    )
     args = parser.parse_args(argv)
 
     rows = [row for d in sorted(args.runs.iterdir()) if d.is_dir() and (row := summarise(d))]
@@ -76,15 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished runs under {args.runs}", file=sys.stderr)
         return 1
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    extra = " augment |" if args.augment_column else ""
     lines = [
         f"# {args.title}",
         "",
-        "| run | model | loss | params (M) | steps | batch | train acc | dev EER % | minDCF(0.01) "
-        "| mean cos same | mean cos diff | train min | device |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| run | model | loss |" + extra + " params (M) | steps | batch | train acc | dev EER % "
+        "| minDCF(0.01) | mean cos same | mean cos diff | train min | device |",
+        "|---|---|---|"
+        + ("---|" if extra else "")
+        + "---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     table = {
-        r["run"]: f"| {r['run']} | {r['model']} | {r['loss']} | {r['params_m']:.2f} | {r['steps']} "
+        r["run"]: f"| {r['run']} | {r['model']} | {r['loss']} |"
+        + (f" {r['augment']} |" if extra else "")
+        + f" {r['params_m']:.2f} | {r['steps']} "
         f"| {r['batch']} | {r['train_acc']:.2f} | {r['eer']:.2f} | {r['min_dcf']:.3f} "
         f"| {fmt(r['sap'])} | {fmt(r['san'])} | {r['wall_min']:.1f} | {r['device']} |"
         for r in rows

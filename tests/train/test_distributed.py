@@ -177,3 +177,26 @@ def test_one_process_without_torchrun_is_not_distributed(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="WORLD_SIZE"):
         distributed.setup("cpu")
+
+
+def test_torchrun_cli_trains_and_only_rank_zero_reports(tmp_path, demo_prepared):
+    """The README's command form: `torchrun --standalone --nproc_per_node=N -m speakerprint train`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from speakerprint.train.config import save_config
+
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config(demo_prepared, **{"train.max_steps": "2"}), config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "speakerprint", "train", str(config),
+               "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("bundle:") == 1, done.stdout
+    assert "trained steps 0..2" in done.stdout
+    assert (tmp_path / "run" / "bundle" / "config.json").is_file()

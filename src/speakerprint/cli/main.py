@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -124,6 +125,8 @@ def train(
                 f"minDCF(p_target=0.01): {result.dev_final['min_dcf']:.3f}"
             )
         lines.append(f"  bundle: {result.bundle_path}")
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 writes the bundle and reports
     typer.echo("\n".join(lines) if lines else "every phase had finished already")
 
 

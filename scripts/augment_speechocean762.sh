@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Dev EER with and without augmentation at the same training budget (issue 4): ECAPA-TDNN C=512
+# on the speechocean762 split, the zoo's recipe (recipes/zoo_speechocean762.yaml, 200 steps of
+# 32 x 2 s), three runs that differ only in augment.*:
+#   none                 no augmentation (the zoo's ecapa_c512 run)
+#   noise_reverb_specaug additive noise/babble 0.6, reverberation 0.3, SpecAugment 0.6
+#   with_speed           the same plus speed perturbation 0.9/1.0/1.1 (3x the classes)
+# MUSAN and RIRS_NOISES are not on these machines: the noise folder is generated noise plus
+# babble from FSDD talkers (scripts/make_aug_banks.py, MUSAN layout), and the RIRs are 200 rooms
+# simulated by pyroomacoustics (pip install 'speakerprint[sim]'), cached under $OUT/rirs.
+# Re-running resumes unfinished runs and skips finished ones; the table is rewritten each time.
+#   THREADS=1 bash scripts/augment_speechocean762.sh
+#   RUNS=with_speed THREADS=1 bash scripts/augment_speechocean762.sh   # one run, then the table
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-runs/aug_so762}
+DATA=runs/so762/data
+STEPS=${STEPS:-200}
+THREADS=${THREADS:-0}
+ALL_RUNS="none noise_reverb_specaug with_speed"
+RUNS=${RUNS:-$ALL_RUNS}
+
+if [ ! -f "$DATA/train.jsonl" ]; then
+  speakerprint prepare folder ../shared/data/speechocean762/train --out "$DATA" \
+    --dev-speakers 25 --seed 0
+fi
+if [ ! -d "$OUT/musan" ]; then
+  python scripts/make_aug_banks.py "$OUT/musan.tmp" && mv "$OUT/musan.tmp" "$OUT/musan"
+fi
+
+augment=(--set augment.noise_dir="$OUT/musan" --set augment.noise_prob=0.6
+         --set augment.simulate_rooms=200 --set augment.rir_cache_dir="$OUT/rirs"
+         --set augment.reverb_prob=0.3 --set augment.specaugment_prob=0.6)
+for run in $RUNS; do
+  case $run in
+    none) args=() ;;
+    noise_reverb_specaug) args=("${augment[@]}") ;;
+    with_speed) args=("${augment[@]}" --set augment.speed_perturb=true) ;;
+    *) echo "unknown run $run" >&2; exit 2 ;;
+  esac
+  dir=$OUT/$run
+  if [ -f "$dir/bundle/config.json" ]; then
+    echo "== $run: done already ($dir/bundle)"
+    continue
+  fi
+  resume=()
+  if compgen -G "$dir/checkpoints/step_*" > /dev/null; then resume=(--resume); fi
+  echo "== $run"
+  speakerprint train recipes/zoo_speechocean762.yaml --out "$dir" --no-progress "${resume[@]}" \
+    --set model.name=ecapa_tdnn_c512 "${args[@]}" \
+    --set train.max_steps="$STEPS" --set train.num_threads="$THREADS"
+done
+
+python scripts/results_table.py "$OUT" --title "Augmentation on speechocean762, same budget" \
+  --command "THREADS=$THREADS bash scripts/augment_speechocean762.sh" \
+  --expect $ALL_RUNS --augment-column \
+  --note "ECAPA-TDNN C=512, the zoo's recipe (Adam 2e-3 cosine, AAM m=0.2 s=30, 200 steps of \
+32 x 2 s crops, about 3 epochs of the 2,126 training utterances); only augment.* differs. \
+Noise: generated noise (white, pink, brown, blue, hum, fan, bursts) and babble of 3-7 FSDD \
+talkers, through the MUSAN folder reader (scripts/make_aug_banks.py); no music. Reverberation: \
+200 rooms simulated with pyroomacoustics (RT60 0.2-0.8 s). Dev is clean speech." \
+  --out docs/results/augment_speechocean762.md
