@@ -288,3 +288,23 @@ def test_embed_file_of_a_long_file_holds_a_bounded_part_of_it(tmp_path, monkeypa
     # Regular windows every 15 s, then one aligned to the end.
     assert len(segs) == minutes * 4 + 1 and segs.ends_s[-1] == minutes * 60
     assert peak < 20e6, f"peak {peak / 1e6:.1f} MB"  # a few blocks, not the recording
+
+
+def test_embed_file_returns_freed_heap_after_every_batch(tmp_path, monkeypatch):
+    """The streamed path trims glibc's heap once per batch, so the resident size of a long file
+    does not creep up with fragmentation (bench/long_file.py measures the effect)."""
+    import speakerprint.inference.encoder as encoder_module
+
+    enc = _small_encoder(tmp_path)
+    calls = []
+    monkeypatch.setattr(encoder_module, "release_free_heap", lambda: calls.append(1) or True)
+
+    def stream(path, sample_rate, block_s):
+        rng = np.random.default_rng(0)
+        for _ in range(6):
+            yield (0.1 * rng.standard_normal(10 * 16000)).astype(np.float32)
+
+    monkeypatch.setattr(encoder_module, "stream_audio", stream)
+    segs = enc.embed_file(tmp_path / "unused.wav", window_s=2.0, hop_s=2.0, batch_size=4)
+    assert len(segs) == 30
+    assert len(calls) == 30 // 4 + 1  # seven full batches and the last two windows

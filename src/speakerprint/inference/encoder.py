@@ -19,6 +19,7 @@ from speakerprint.audio import load_audio, resample, stream_audio
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.inference.result import VerificationResult, cosine_score
 from speakerprint.models.bundle import Bundle, load_bundle
+from speakerprint.utils.memory import release_free_heap
 
 #: The model that ships with the package (see README: ECAPA-TDNN C=512 trained on the 100 training
 #: speakers of speechocean762's train split).
@@ -252,6 +253,9 @@ class SpeakerEncoder:
                 )
             )
             done += len(batch)
+            # A batch's activations come and go in large blocks that fragment glibc's heap:
+            # without this the resident size grows with the recording (bench/long_file.py).
+            release_free_heap()
 
         for block in stream_audio(path, self.sample_rate, block_s=STREAM_BLOCK_S):
             buffer = np.concatenate([buffer, block])
