@@ -189,7 +189,12 @@ def _wespeaker_system(name: str, wav: torch.Tensor) -> System:
 
 
 def _our_system(
-    name: str, model: torch.nn.Module, fbank: Fbank, sessions: dict, wav: torch.Tensor
+    name: str,
+    model: torch.nn.Module,
+    fbank: Fbank,
+    sessions: dict,
+    wav: torch.Tensor,
+    compiled: torch.nn.Module | None = None,
 ) -> System:
     lengths = torch.tensor([wav.shape[1]])
 
@@ -212,6 +217,10 @@ def _our_system(
         ("eager torch", "features only"): features,
         ("eager torch", "embedding only"): embedding,
     }
+    if compiled is not None:  # what Bundle.compile() / SpeakerEncoder(compile=True) run
+        runners[("torch.compile", "features+embedding")] = torch.no_grad()(
+            lambda: compiled(*features())
+        )
     feeds = {"wav": wav.numpy(), "lengths": lengths.numpy()}
     for kind, session in sessions.items():
         runners[(kind, "features+embedding")] = lambda s=session, f=feeds: s.run(None, f)
@@ -239,6 +248,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-onnx", action="store_true", help="Time our eager torch path only")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="Also time ours through torch.compile with inductor freezing (Bundle.compile); "
+        "the warm-up calls compile each new length",
+    )
     parser.add_argument("--out", type=Path, default=None, help="Also write the table here")
     args = parser.parse_args()
 
@@ -252,6 +267,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = create_model(ours).eval()
             fbank = Fbank(FbankConfig(num_mel_bins=model.feat_dim)).eval()
+            compiled = torch.compile(model, options={"freezing": True}) if args.compiled else None
             onnx_paths = {}
             if not args.no_onnx:
                 fp32 = export_onnx(
@@ -270,7 +286,7 @@ def main() -> None:
                 for seconds in args.durations:
                     n = int(seconds * SAMPLE_RATE)
                     wav = 0.1 * torch.randn(1, n, generator=torch.Generator().manual_seed(1))
-                    systems = [_our_system(ours, model, fbank, sessions, wav)]
+                    systems = [_our_system(ours, model, fbank, sessions, wav, compiled)]
                     for peer in peers:
                         build = _speechbrain_system if peer.startswith("sb_") else _wespeaker_system
                         systems.append(build(peer, wav))

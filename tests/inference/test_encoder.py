@@ -1,4 +1,5 @@
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -308,3 +309,18 @@ def test_embed_file_returns_freed_heap_after_every_batch(tmp_path, monkeypatch):
     segs = enc.embed_file(tmp_path / "unused.wav", window_s=2.0, hop_s=2.0, batch_size=4)
     assert len(segs) == 30
     assert len(calls) == 30 // 4 + 1  # seven full batches and the last two windows
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_encoder_embeds_as_eager_at_any_length(tmp_path, wav_files):
+    path = save_bundle(tmp_path / "b", _small_model(), FbankConfig())
+    eager = SpeakerEncoder.from_pretrained(path)
+    compiled = SpeakerEncoder.from_pretrained(path, compile=True)
+    assert compiled.bundle.compiled is not None and eager.bundle.compiled is None
+    wavs = [load_audio(f) for f in wav_files]
+    # Two lengths make torch.compile go dynamic; the third length and the padded batch reuse it.
+    for wav in (wavs[0], wavs[1][:20000], wavs[2][:13000]):
+        np.testing.assert_allclose(compiled.embed(wav), eager.embed(wav), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        compiled.embed_batch(wavs), eager.embed_batch(wavs), rtol=0, atol=1e-5
+    )
