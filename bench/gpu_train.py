@@ -70,9 +70,7 @@ from speakerprint.augment import (
     AdditiveNoise,
     Augmentation,
     AugmentConfig,
-    NoiseBank,
     Reverb,
-    RirBank,
     SpecAugment,
     SpeedPerturb,
 )
@@ -167,18 +165,14 @@ def synthetic_augmentation(device: torch.device) -> Augmentation:
     """Noise, babble and reverberation from synthetic banks of the recipes' sizes (400 files per
     category, 6 s each; 2,000 one-second RIRs), speed perturbation and SpecAugment, each always
     applied: the cost depends on the shapes, not the sounds."""
-    width = int(6.0 * SAMPLE_RATE)
-    audio = {k: (0.1 * torch.randn(400, width)).half() for k in ("noise", "music", "speech")}
-    lengths = {k: torch.full((400,), width) for k in audio}
-    bank = NoiseBank(audio, lengths, {k: [] for k in audio}, SAMPLE_RATE).to(device)
-    decay = torch.exp(-torch.arange(SAMPLE_RATE) / (0.1 * SAMPLE_RATE))
-    rirs = torch.randn(2000, SAMPLE_RATE) * decay
-    rirs[:, 0] = 3.0
-    rirs /= rirs.square().sum(dim=1, keepdim=True).sqrt()
+    from augment import synthetic_noise_bank, synthetic_rir_bank  # bench/augment.py
+
+    bank = synthetic_noise_bank(400, 6.0, SAMPLE_RATE).to(device)
+    rirs = synthetic_rir_bank(2000, 1.0, SAMPLE_RATE).to(device)
     config = AugmentConfig(noise_dir="-", noise_prob=1.0, reverb_prob=1.0, rir_dir="-")
     return Augmentation(
         speed=SpeedPerturb(NUM_CLASSES),
-        reverb=Reverb(RirBank(rirs, [], SAMPLE_RATE).to(device), 1.0),
+        reverb=Reverb(rirs, 1.0),
         noise=AdditiveNoise(bank, config),
         specaugment=SpecAugment(1.0),
         num_speakers=NUM_CLASSES,
