@@ -16,9 +16,7 @@ but this path does not use, is stubbed when absent). Run from the repository roo
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import types
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path and this file, speechbrain.py,
@@ -30,6 +28,9 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+from _peers import import_speechbrain  # noqa: E402  (stubs torchaudio when it is absent)
+
 OUT = REPO / "tests" / "fixtures" / "peers" / "speechbrain"
 CLIP = REPO / "data" / "demo" / "speechocean762" / "SPEAKER2022" / "020220056.opus"
 CALIBRATION = sorted((REPO / "data" / "demo" / "speechocean762").glob("SPEAKER00*/*.opus"))[:8]
@@ -66,27 +67,6 @@ MODEL_ARGS = dict(
     se_channels=16,
     lin_neurons=24,
 )
-
-
-class _TorchaudioStub(types.ModuleType):
-    """Stands in for an absent torchaudio: any use other than reading the version fails."""
-
-    __version__ = "2.9.0+stub"
-
-    def __getattr__(self, name: str):
-        raise AttributeError(f"torchaudio stub: torchaudio.{name} is not available")
-
-
-def import_speechbrain():
-    """(version, Fbank, InputNormalization, ECAPA_TDNN) from the installed speechbrain."""
-    if "torchaudio" not in sys.modules and importlib.util.find_spec("torchaudio") is None:
-        sys.modules["torchaudio"] = _TorchaudioStub("torchaudio")
-    import speechbrain
-    from speechbrain.lobes.features import Fbank
-    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
-    from speechbrain.processing.features import InputNormalization
-
-    return speechbrain.__version__, Fbank, InputNormalization, ECAPA_TDNN
 
 
 def calibrate_and_perturb(model: torch.nn.Module, feats: list[torch.Tensor], seed: int) -> None:

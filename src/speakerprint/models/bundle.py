@@ -53,10 +53,11 @@ class Bundle:
         """Embed through ``torch.compile`` of the encoder with inductor's freezing (weights
         folded in as constants, elementwise work fused), for inference only.
 
-        The first call with a new input shape compiles (seconds to a minute on a CPU; it needs
-        a C++ compiler there), and after a second length the compiled code takes any length:
-        worth it for serving and batch extraction, not for one file. ``bench/cpu_inference_peers.py``
-        times it against eager; the embeddings agree with eager to float rounding.
+        The first calls compile: the first length, then a version for any length, and again
+        for a new batch size (each seconds to a minute on a CPU, which needs a C++ compiler).
+        Worth it for serving and batch extraction, not for one file.
+        ``bench/cpu_inference_peers.py --compiled`` times it against eager; the embeddings agree
+        with eager to float rounding.
         """
         self.encoder.eval()
         self.compiled = torch.compile(self.encoder, options={"freezing": True})
