@@ -7,32 +7,37 @@
 #   with_speed           the same plus speed perturbation 0.9/1.0/1.1 (3x the classes)
 # MUSAN and RIRS_NOISES are not on these machines: the noise folder is generated noise plus
 # babble from FSDD talkers (scripts/make_aug_banks.py, MUSAN layout), and the RIRs are 200 rooms
-# simulated by pyroomacoustics (pip install 'speakerprint[sim]'), cached under $OUT/rirs.
+# simulated by pyroomacoustics (pip install 'speakerprint[sim]'), cached under $BANKS/rirs ($BANKS defaults to $OUT).
 # Every finished run is then also scored on two degraded copies of dev (scripts/degrade_dev.py:
 # generated noise at 5 dB SNR with new realisations, and 50 new simulated rooms, RT60 0.4-1.0 s).
 # Re-running resumes unfinished runs and skips finished ones; the table is rewritten each time.
 #   THREADS=1 bash scripts/augment_speechocean762.sh
 #   RUNS=with_speed THREADS=1 bash scripts/augment_speechocean762.sh   # one run, then the table
+# A longer budget, in its own folder and table, with the same noise banks and rooms:
+#   STEPS=600 OUT=runs/aug_so762_600 BANKS=runs/aug_so762 ALL_RUNS="none noise_reverb_specaug" \
+#     RESULTS=docs/results/augment_speechocean762_600.md THREADS=1 bash scripts/augment_speechocean762.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-runs/aug_so762}
+BANKS=${BANKS:-$OUT}  # noise folder, RIR cache and degraded dev copies
+RESULTS=${RESULTS:-docs/results/augment_speechocean762.md}
 DATA=runs/so762/data
 STEPS=${STEPS:-200}
 THREADS=${THREADS:-0}
-ALL_RUNS="none noise_reverb_specaug with_speed"
+ALL_RUNS=${ALL_RUNS:-none noise_reverb_specaug with_speed}
 RUNS=${RUNS:-$ALL_RUNS}
 
 if [ ! -f "$DATA/train.jsonl" ]; then
   speakerprint prepare folder ../shared/data/speechocean762/train --out "$DATA" \
     --dev-speakers 25 --seed 0
 fi
-if [ ! -d "$OUT/musan" ]; then
-  python scripts/make_aug_banks.py "$OUT/musan.tmp" && mv "$OUT/musan.tmp" "$OUT/musan"
+if [ ! -d "$BANKS/musan" ]; then
+  python scripts/make_aug_banks.py "$BANKS/musan.tmp" && mv "$BANKS/musan.tmp" "$BANKS/musan"
 fi
 
-augment=(--set augment.noise_dir="$OUT/musan" --set augment.noise_prob=0.6
-         --set augment.simulate_rooms=200 --set augment.rir_cache_dir="$OUT/rirs"
+augment=(--set augment.noise_dir="$BANKS/musan" --set augment.noise_prob=0.6
+         --set augment.simulate_rooms=200 --set augment.rir_cache_dir="$BANKS/rirs"
          --set augment.reverb_prob=0.3 --set augment.specaugment_prob=0.6)
 for run in $RUNS; do
   case $run in
@@ -54,30 +59,35 @@ for run in $RUNS; do
     --set train.max_steps="$STEPS" --set train.num_threads="$THREADS"
 done
 
-python scripts/results_table.py "$OUT" --title "Augmentation on speechocean762, same budget" \
-  --command "THREADS=$THREADS bash scripts/augment_speechocean762.sh" \
+epochs=$(python -c "print(round($STEPS * 32 / 2126, 1))")
+command="THREADS=$THREADS bash scripts/augment_speechocean762.sh"
+if [ "$STEPS" != 200 ]; then
+  command="STEPS=$STEPS OUT=$OUT BANKS=$BANKS ALL_RUNS=\"$ALL_RUNS\" RESULTS=$RESULTS $command"
+fi
+python scripts/results_table.py "$OUT" --title "Augmentation on speechocean762, same budget ($STEPS steps)" \
+  --command "$command" \
   --expect $ALL_RUNS --augment-column \
-  --note "ECAPA-TDNN C=512, the zoo's recipe (Adam 2e-3 cosine, AAM m=0.2 s=30, 200 steps of \
-32 x 2 s crops, about 3 epochs of the 2,126 training utterances); only augment.* differs. \
+  --note "ECAPA-TDNN C=512, the zoo's recipe (Adam 2e-3 cosine, AAM m=0.2 s=30) at $STEPS steps of \
+32 x 2 s crops, about $epochs epochs of the 2,126 training utterances; only augment.* differs. \
 Noise: generated noise (white, pink, brown, blue, hum, fan, bursts) and babble of 3-7 FSDD \
 talkers, through the MUSAN folder reader (scripts/make_aug_banks.py); no music. Reverberation: \
 200 rooms simulated with pyroomacoustics (RT60 0.2-0.8 s). Dev is clean speech." \
-  --out docs/results/augment_speechocean762.md
+  --out "$RESULTS"
 
 # Robustness: the same trials on the degraded copies of dev.
-[ -f "$OUT/dev_noise5/dev.jsonl" ] || python scripts/degrade_dev.py "$DATA/dev.jsonl" \
-  --condition noise --snr-db 5 --out "$OUT/dev_noise5"
-[ -f "$OUT/dev_reverb/dev.jsonl" ] || python scripts/degrade_dev.py "$DATA/dev.jsonl" \
-  --condition reverb --out "$OUT/dev_reverb" --rir-cache "$OUT/rirs"
+[ -f "$BANKS/dev_noise5/dev.jsonl" ] || python scripts/degrade_dev.py "$DATA/dev.jsonl" \
+  --condition noise --snr-db 5 --out "$BANKS/dev_noise5"
+[ -f "$BANKS/dev_reverb/dev.jsonl" ] || python scripts/degrade_dev.py "$DATA/dev.jsonl" \
+  --condition reverb --out "$BANKS/dev_reverb" --rir-cache "$BANKS/rirs"
 for run in $ALL_RUNS; do
   [ -f "$OUT/$run/bundle/config.json" ] || continue
   for cond in noise5 reverb; do
     [ -f "$OUT/$run/eval_$cond.json" ] || speakerprint eval "$OUT/$run/bundle" \
-      --manifest "$OUT/dev_$cond/dev.jsonl" --trials "$DATA/dev_trials.txt" \
+      --manifest "$BANKS/dev_$cond/dev.jsonl" --trials "$DATA/dev_trials.txt" \
       --out "$OUT/$run/eval_$cond.json" > /dev/null
   done
 done
-python - "$OUT" docs/results/augment_speechocean762.md $ALL_RUNS <<'PY'
+python - "$OUT" "$RESULTS" $ALL_RUNS <<'PY'
 import json, sys
 from pathlib import Path
 from speakerprint.utils.io import atomic_write_text
