@@ -105,6 +105,8 @@ def test_attention_speech_track_from_the_vad(tiny_bundle, demo_root):
     assert result.vad == "energy" and result.speech
     assert all(0 <= start < end <= duration_s + 1e-6 for start, end in result.speech)
     assert result.alpha.shape[1] == pytest.approx(duration_s * 100, abs=3)
+    # RUN/bundle is named by its run, not by the word "bundle".
+    assert result.name.startswith(f"{tiny_bundle.parent.name} (") and audio.name in result.name
     with pytest.raises(ConfigError, match="unknown VAD"):
         attention_of_file(tiny_bundle, audio, vad="nope")
 

@@ -113,10 +113,10 @@ def projection_cmd(
 
     from speakerprint.data.manifest import read_manifest
     from speakerprint.errors import ConfigError
+    from speakerprint.viz._common import bundle_label
     from speakerprint.viz.projection import (
         PROJECTION_METHODS,
         ProjectionPanel,
-        bundle_label,
         embed_manifest_utterances,
         plot_projections,
         project,
@@ -302,16 +302,13 @@ def enrollment_bias_cmd(
 
     from speakerprint.data.manifest import read_manifest
     from speakerprint.errors import ConfigError
+    from speakerprint.viz._common import bundle_label
     from speakerprint.viz.enrollment_bias import (
         enrollment_bias,
         plot_enrollment_bias,
         random_speaker_embeddings,
     )
-    from speakerprint.viz.projection import (
-        bundle_label,
-        embed_manifest_utterances,
-        select_utterances,
-    )
+    from speakerprint.viz.projection import embed_manifest_utterances, select_utterances
 
     _check_out(out)
     if (bundle is None) != (manifest is None):

@@ -30,6 +30,12 @@ def require_matplotlib() -> Any:
     return plt
 
 
+def bundle_label(path: str | os.PathLike) -> str:
+    """A name for a bundle in titles: its folder, or the run's folder for ``RUN/bundle``."""
+    path = Path(path).resolve()
+    return path.parent.name if path.name == "bundle" else path.name
+
+
 def new_figure(width_in: float, height_in: float, **kwargs: Any) -> Figure:
     """A figure that is not registered with pyplot (so nothing accumulates in long runs)."""
     require_matplotlib()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from speakerprint.errors import ConfigError
-from speakerprint.viz._common import new_figure
+from speakerprint.viz._common import bundle_label, new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -202,7 +202,7 @@ def attention_of_file(
 
     bundle = load_bundle(bundle_path, device=device)
     wav = load_audio(audio_path, bundle.sample_rate)
-    label = f"{Path(bundle_path).name} ({bundle.encoder.family}) on {Path(audio_path).name}"
+    label = f"{bundle_label(bundle_path)} ({bundle.encoder.family}) on {Path(audio_path).name}"
     return attention_of_waveform(bundle, wav, name=label, vad=vad)
 
 

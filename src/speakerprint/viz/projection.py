@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -228,9 +227,3 @@ def plot_projections(
         fontsize="medium",
     )
     return fig
-
-
-def bundle_label(path: str | os.PathLike) -> str:
-    """A panel name for a bundle: its folder, or the run's folder for ``RUN/bundle``."""
-    path = Path(path).resolve()
-    return path.parent.name if path.name == "bundle" else path.name
