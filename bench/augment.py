@@ -8,13 +8,17 @@ time of one utterance, to be divided by the number of workers.
 
     python bench/augment.py --device cuda                  # batch 128 x 2 s
     python bench/augment.py --device cpu --batch 4 --repeats 2   # a quick check
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/augment.py --device cpu --batch 32 \
+        --out bench/augment_cpu.md                         # the training recipes' CPU batch
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +34,8 @@ from speakerprint.augment import (
     encode_decode,
 )
 from speakerprint.features import Fbank, FbankConfig
+from speakerprint.utils.io import atomic_write_text
+from speakerprint.utils.machine import cpu_name
 
 
 def synthetic_noise_bank(files: int, seconds: float, sample_rate: int) -> NoiseBank:
@@ -74,7 +80,11 @@ def main() -> None:
     parser.add_argument("--rirs", help="a RIRS_NOISES folder (default: synthetic RIRs)")
     parser.add_argument("--noise-files", type=int, default=400, help="synthetic bank, per category")
     parser.add_argument("--rir-count", type=int, default=2000, help="synthetic RIRs")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="also write the table here, as Markdown")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     sr = args.sample_rate
@@ -116,19 +126,50 @@ def main() -> None:
     spec = SpecAugment(1.0)
     rows.append(("SpecAugment", lambda: spec(feats, frames, g)))
 
-    print(
-        f"batch {args.batch} x {args.seconds:g} s at {sr} Hz on "
-        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    header = (
+        f"batch {args.batch} x {args.seconds:g} s at {sr} Hz on {where} "
         f"({torch.get_num_threads()} CPU threads), median of {args.repeats}"
     )
+    print(header)
     print(f"{'augmentation':32s} {'ms / batch':>10s}")
+    table = []
     with torch.no_grad():
         for name, fn in rows:
-            print(f"{name:32s} {timed(fn, device, args.repeats):10.2f}")
+            table.append((name, timed(fn, device, args.repeats)))
+            print(f"{name:32s} {table[-1][1]:10.2f}")
     one = wav[0].cpu().numpy()
     for codec in ("opus", "aac"):
         ms = timed(lambda c=codec: encode_decode(one, sr, c, 16), torch.device("cpu"), args.repeats)
-        print(f"{'codec ' + codec + ' (CPU, per utt.)':32s} {ms:10.2f}")
+        table.append((f"codec {codec} (CPU, per utterance)", ms))
+        print(f"{table[-1][0]:32s} {ms:10.2f}")
+    if args.out:
+        banks = (
+            f"noise: {args.musan or f'synthetic, {args.noise_files} files per category'}; "
+            f"RIRs: {args.rirs or f'{args.rir_count} synthetic'}"
+        )
+        command = (
+            f"PYTHONPATH=src python bench/augment.py --device {device.type} --batch {args.batch} "
+            f"--seconds {args.seconds:g} --repeats {args.repeats}"
+            + (f" --threads {args.threads}" if args.threads else "")
+        )
+        lines = [
+            f"# Augmentation cost per batch on {device.type}",
+            "",
+            "| augmentation | ms |",
+            "|---|---:|",
+            *(f"| {name} | {ms:.2f} |" for name, ms in table),
+            "",
+            f"{header}; every augmentation applied to every utterance (an upper bound of what a "
+            f"step pays: the recipes draw each with a probability); {banks}. The codec rows are "
+            "one utterance on the CPU, in a loader worker.",
+            "",
+            f"Machine: {where}, {platform.system()} {platform.machine()}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}.",
+            "",
+            f"Re-run: `{command} --out {args.out}`",
+        ]
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

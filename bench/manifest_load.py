@@ -6,7 +6,7 @@ allocations during a second read (``tracemalloc``, which slows the read several-
 not timed). The manifest mixes whole files and VAD segments (``offset_s``) and relative and
 absolute paths, as prepared corpora do.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/manifest_load.py --num-utts 1000000
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/manifest_load.py --trace --out bench/manifest_load.md
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import platform
 import resource
 import sys
 import tempfile
@@ -22,6 +23,8 @@ import tracemalloc
 from pathlib import Path
 
 from speakerprint.data.manifest import read_manifest
+from speakerprint.utils.io import atomic_write_text
+from speakerprint.utils.machine import cpu_name
 
 
 def write_synthetic(path: Path, num_utts: int) -> None:
@@ -52,21 +55,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-utts", type=int, default=1_000_000)
     parser.add_argument("--trace", action="store_true", help="also measure with tracemalloc")
+    parser.add_argument("--out", type=Path, help="also write the figures here, as Markdown")
     args = parser.parse_args()
+    lines = []
+
+    def say(line: str) -> None:
+        print(line)
+        lines.append(line)
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.jsonl"
         start = time.perf_counter()
         write_synthetic(path, args.num_utts)
         write_s = time.perf_counter() - start
         size_mib = path.stat().st_size / 2**20
-        print(f"wrote {args.num_utts:,} lines ({size_mib:.0f} MiB) in {write_s:.1f} s")
+        say(f"wrote {args.num_utts:,} lines ({size_mib:.0f} MiB) in {write_s:.1f} s")
         rss_before = _peak_rss_mib()
         start = time.perf_counter()
         utts = read_manifest(path)
         read_s = time.perf_counter() - start
         assert len(utts) == args.num_utts
-        print(f"read_manifest: {read_s:.2f} s ({1e6 * read_s / args.num_utts:.2f} us per line)")
-        print(f"peak RSS: {_peak_rss_mib():.0f} MiB (before reading: {rss_before:.0f} MiB)")
+        say(f"read_manifest: {read_s:.2f} s ({1e6 * read_s / args.num_utts:.2f} us per line)")
+        say(f"peak RSS: {_peak_rss_mib():.0f} MiB (before reading: {rss_before:.0f} MiB)")
         if args.trace:
             del utts
             gc.collect()
@@ -74,7 +84,24 @@ def main() -> None:
             utts = read_manifest(path)
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-            print(f"tracemalloc peak during read_manifest: {peak / 2**20:.0f} MiB")
+            say(f"tracemalloc peak during read_manifest: {peak / 2**20:.0f} MiB")
+    if args.out:
+        command = "OMP_NUM_THREADS=1 PYTHONPATH=src python bench/manifest_load.py"
+        command += f" --num-utts {args.num_utts}" + (" --trace" if args.trace else "")
+        text = [
+            f"# Reading a manifest of {args.num_utts:,} utterances",
+            "",
+            *(f"- {line}" for line in lines),
+            "",
+            "Synthetic VoxCeleb-like lines (1,000 speakers; every tenth a VAD segment with "
+            "`offset_s`; relative and absolute paths), read and checked by `read_manifest`.",
+            "",
+            f"Machine: {cpu_name()}, {platform.system()} {platform.machine()}, one process, "
+            f"Python {platform.python_version()}.",
+            "",
+            f"Re-run: `{command} --out {args.out}`",
+        ]
+        atomic_write_text(args.out, "\n".join(text) + "\n")
 
 
 if __name__ == "__main__":
