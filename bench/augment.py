@@ -35,7 +35,7 @@ from speakerprint.augment import (
 )
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.utils.io import atomic_write_text
-from speakerprint.utils.machine import cpu_name
+from speakerprint.utils.machine import device_name
 
 
 def synthetic_noise_bank(files: int, seconds: float, sample_rate: int) -> NoiseBank:
@@ -126,7 +126,7 @@ def main() -> None:
     spec = SpecAugment(1.0)
     rows.append(("SpecAugment", lambda: spec(feats, frames, g)))
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    where = device_name(device)
     header = (
         f"batch {args.batch} x {args.seconds:g} s at {sr} Hz on {where} "
         f"({torch.get_num_threads()} CPU threads), median of {args.repeats}"

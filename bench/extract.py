@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from speakerprint.utils.io import atomic_write_text
-from speakerprint.utils.machine import cpu_name
+from speakerprint.utils.machine import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT / "runs" / "so762" / "data" / "dev.jsonl"
@@ -128,12 +128,6 @@ def repeated_manifest(manifest: Path, repeat: int, limit: int, workdir: Path) ->
             rows.append(json.dumps({**entry, "utt_id": f"{r}/{entry['utt_id']}"}))
     out.write_text("\n".join(rows) + "\n")
     return out
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return cpu_name()
 
 
 def main() -> None:

@@ -15,3 +15,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def device_name(device: str | object = "cpu") -> str:
+    """The GPU's name for a CUDA device, else the CPU model (:func:`cpu_name`)."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
