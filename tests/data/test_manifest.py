@@ -125,6 +125,33 @@ def test_missing_manifest_names_the_file(tmp_path):
         read_manifest(tmp_path / "nope.jsonl")
 
 
+def test_a_line_that_is_not_utf8_is_named_with_its_file(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = [_line(utt_id=f"u{i}") for i in range(3)]
+    path.write_bytes(
+        ("\n".join(good) + "\n").encode()
+        + _line(speaker="@").replace("@", "J\xfcrgen").encode("latin-1")
+    )
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: line 4 is not UTF-8")):
+        read_manifest(path)
+
+
+def test_crlf_lines_read_like_lf_lines(tmp_path):
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(f"{_line(utt_id='a')}\r\n\r\n{_line(utt_id='b')}\r\n".encode())
+    assert [u.utt_id for u in read_manifest(path)] == ["a", "b"]
+
+
+def test_a_speaker_is_one_string_however_many_lines_name_it(tmp_path):
+    # A million utterances of a thousand speakers hold a thousand speaker strings, not a million
+    # (bench/manifest_load.py measures the whole reader's memory).
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(_line(utt_id=f"u{i}", speaker="id10001") for i in range(3)))
+    first, *rest = read_manifest(path)
+    assert all(u.speaker is first.speaker for u in rest)
+    assert not hasattr(first, "__dict__")  # slots: no per-utterance dict either
+
+
 @pytest.mark.parametrize(
     "bad",
     [

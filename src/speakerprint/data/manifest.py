@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +51,8 @@ _OPTIONAL_FIELD_TYPES: dict[str, tuple[type, ...]] = {
 _ALL_FIELD_TYPES = {**_FIELD_TYPES, **_OPTIONAL_FIELD_TYPES}
 
 
-@dataclass(frozen=True)
+# slots: no per-object __dict__, about a third less memory for a million utterances.
+@dataclass(frozen=True, slots=True)
 class Utterance:
     """One audio file of one speaker.
 
@@ -97,6 +98,29 @@ def read_text_file(path: Path, what: str) -> str:
         raise ManifestError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ManifestError(f"cannot read {what} {path}: {err}") from None
+
+
+def iter_text_lines(path: Path, what: str) -> Iterator[str]:
+    """The file's lines one at a time (never the whole text at once), without their line
+    ends; the same errors as :func:`read_text_file`, and a line that is not UTF-8 is named."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ManifestError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise ManifestError(f"cannot read {what} {path}: {err}") from None
+    with f:
+        try:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    yield raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as err:
+                    raise ManifestError(
+                        f"cannot read {what} {path}: line {number} is not UTF-8 ({err.reason} "
+                        f"at byte {err.start})"
+                    ) from None
+        except OSError as err:
+            raise ManifestError(f"cannot read {what} {path}: {err}") from None
 
 
 def _check_record(record: object) -> list[str]:
@@ -209,15 +233,16 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             every bad line.
     """
     path = Path(path)
-    text = read_text_file(path, "manifest")
     # Not resolve(): keep symlinked data folders as the user named them.
     folder = str(Path(os.path.abspath(path)).parent)
     utts: list[Utterance] = []
     problems: list[str] = []
     first_line_of: dict[str, int] = {}
+    # One string per speaker, gender and rate for the whole manifest, not one per line.
+    shared: dict[object, object] = {}
     # The C scanner without json.loads' wrapper: a large share of the time for big manifests.
     scan = json.JSONDecoder().scan_once
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(iter_text_lines(path, "manifest"), start=1):
         try:
             record, end = scan(line, 0)
             if end != len(line) and not line[end:].isspace():
@@ -246,15 +271,16 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             problems.extend(f"{path}:{line_number}: {p}" for p in line_problems)
             continue
         offset = record.get("offset_s")
+        gender = record.get("gender")
         utts.append(
             Utterance(
-                record["utt_id"],
+                utt_id,
                 _join(folder, record["path"]),  # an absolute path replaces folder
-                record["speaker"],
+                shared.setdefault(record["speaker"], record["speaker"]),
                 float(record["duration_s"]),
-                record["sample_rate"],
+                shared.setdefault(record["sample_rate"], record["sample_rate"]),
                 None if offset is None else float(offset),
-                record.get("gender"),
+                None if gender is None else shared.setdefault(gender, gender),
             )
         )
     raise_problems(path, problems, "manifest")
