@@ -3,7 +3,10 @@
 Prints the file size, the seconds taken to read and check every line, and the peak memory:
 the process's peak resident set (``resource``), and with ``--trace`` also the peak of Python
 allocations during a second read (``tracemalloc``, which slows the read several-fold, so it is
-not timed). The manifest mixes whole files and VAD segments (``offset_s``) and relative and
+not timed). On Linux it then forks, as a DataLoader starts its workers, and reports the private
+(copied) memory of a worker that reads every utterance's path, offset, duration and label: from
+the list of Utterance objects, and from ``CropDataset``'s numpy table; and after a full garbage
+collection in the worker, without and with ``fork_workers``' freeze. The manifest mixes whole files and VAD segments (``offset_s``) and relative and
 absolute paths, as prepared corpora do.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/manifest_load.py --trace --out bench/manifest_load.md
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import resource
 import sys
@@ -51,6 +55,33 @@ def _peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
 
 
+def _private_mib() -> float:
+    """This process's private dirty memory: pages it wrote to, its own copies after a fork."""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
+
+
+def in_forked_worker(work, freeze: bool = False) -> float:
+    """MiB of private memory a forked child adds by running ``work()``."""
+    read, write = os.pipe()
+    if freeze:
+        gc.freeze()
+    pid = os.fork()
+    if pid == 0:
+        before = _private_mib()
+        work()
+        os.write(write, f"{_private_mib() - before:.1f}".encode())
+        os._exit(0)
+    gc.unfreeze()
+    os.waitpid(pid, 0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        return float(f.read())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-utts", type=int, default=1_000_000)
@@ -85,6 +116,32 @@ def main() -> None:
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             say(f"tracemalloc peak during read_manifest: {peak / 2**20:.0f} MiB")
+        if os.path.exists("/proc/self/smaps_rollup"):
+            from speakerprint.data.dataset import CropDataset  # after: torch is 200 MB of RSS
+
+            labels = {name: i for i, name in enumerate(sorted({u.speaker for u in utts}))}
+            dataset = CropDataset(utts, speaker_to_label=labels, crop_s=2.0)
+            table = dataset.table
+
+            def from_objects() -> None:
+                for u in utts:
+                    (u.path, u.offset_s, u.duration_s, labels[u.speaker])
+
+            def from_table() -> None:
+                for i in range(len(table)):
+                    (table.path(i), table.offset(i), table.durations[i], dataset.labels[i])
+
+            gc.collect()
+            say(
+                "a forked worker's private memory after reading every utterance: "
+                f"{in_forked_worker(from_objects):.0f} MiB from Utterance objects, "
+                f"{in_forked_worker(from_table):.0f} MiB from CropDataset's table"
+            )
+            say(
+                "... after a full garbage collection in the worker: "
+                f"{in_forked_worker(gc.collect):.0f} MiB, "
+                f"{in_forked_worker(gc.collect, freeze=True):.0f} MiB with fork_workers' freeze"
+            )
     if args.out:
         command = "OMP_NUM_THREADS=1 PYTHONPATH=src python bench/manifest_load.py"
         command += f" --num-utts {args.num_utts}" + (" --trace" if args.trace else "")

@@ -1,3 +1,5 @@
+import gc
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -9,8 +11,10 @@ from speakerprint.data.dataset import (
     CropDataset,
     EpochBatchSampler,
     UtteranceDataset,
+    UtteranceTable,
     collate_crops,
     collate_padded,
+    fork_workers,
     length_sorted_batches,
 )
 from speakerprint.data.manifest import Utterance
@@ -94,3 +98,45 @@ def test_a_bad_file_in_a_worker_raises_audio_load_error_naming_it(tmp_path):
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_crops, num_workers=1)
     with pytest.raises(AudioLoadError, match="u1.wav"):
         list(loader)
+
+
+def test_utterance_table_gives_back_paths_and_tells_a_whole_file_from_a_segment_at_zero():
+    paths = ["/d/ç é/a.wav", "/d/b.flac", "/d/\udcff-not-utf8.wav", "/d/c.opus"]
+    offsets = [None, 0.0, 1.5, None]
+    utts = [
+        Utterance(f"u{i}", p, "s", 2.0 + i, 16000, o)
+        for i, (p, o) in enumerate(zip(paths, offsets))
+    ]
+    table = UtteranceTable(utts)
+    assert len(table) == 4
+    assert [table.path(i) for i in range(4)] == paths
+    assert [table.offset(i) for i in range(4)] == offsets
+    assert table.durations.tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_segment_window_reads_inside_the_segment(tmp_path):
+    (utt,) = _utts(tmp_path, [3.0])
+    full, _ = sf.read(utt.path, dtype="float32")
+    segment = Utterance("seg", utt.path, "s0", 1.0, 16000, offset_s=1.5)
+    ds = UtteranceDataset([segment, utt], windows=[(0, 0.25, None), (1, 0.5, 0.5)])
+    rest_of_segment, index = ds[0]
+    assert index == 0 and np.array_equal(rest_of_segment, full[28000:40000])
+    window, _ = ds[1]
+    assert np.array_equal(window, full[8000:16000])
+
+
+class _FreezeCount(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return gc.get_freeze_count()
+
+
+def test_workers_start_with_the_parents_objects_frozen_and_the_parent_unfreezes():
+    # A frozen object is one a worker's garbage collector never writes to (see fork_workers).
+    in_workers = list(fork_workers(DataLoader(_FreezeCount(), batch_size=None, num_workers=2)))
+    assert len(in_workers) == 4 and all(count > 0 for count in in_workers)
+    assert gc.get_freeze_count() == 0
+    in_process = list(fork_workers(DataLoader(_FreezeCount(), batch_size=None, num_workers=0)))
+    assert in_process == [0, 0, 0, 0]

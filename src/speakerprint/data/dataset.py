@@ -7,6 +7,7 @@ batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,40 @@ from torch.utils.data import Dataset, Sampler
 
 from speakerprint.audio import fit_to_length, load_audio
 from speakerprint.data.manifest import Utterance
+
+
+class UtteranceTable:
+    """What the loaders need of each utterance, in flat numpy arrays: path, offset, duration.
+
+    DataLoader workers are forked, and reading a Python object writes to its reference count,
+    which copies the memory page it lives on into the worker. A million :class:`Utterance`
+    objects thus became about 260 MB of private memory in *every* worker over an epoch; numpy
+    arrays are read without a write, so the workers keep sharing one copy
+    (``bench/manifest_load.py`` measures both).
+    """
+
+    def __init__(self, utts: Sequence[Utterance]) -> None:
+        encoded = [u.path.encode("utf-8", "surrogateescape") for u in utts]
+        self._path_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._path_ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        self.durations = np.array([u.duration_s for u in utts], dtype=np.float64)
+        # NaN: the whole file (offset_s None), as opposed to a segment starting at 0.
+        self.offsets = np.array(
+            [np.nan if u.offset_s is None else u.offset_s for u in utts], dtype=np.float64
+        )
+
+    def __len__(self) -> int:
+        return len(self.durations)
+
+    def path(self, index: int) -> str:
+        start = int(self._path_ends[index - 1]) if index > 0 else 0
+        raw = self._path_bytes[start : int(self._path_ends[index])].tobytes()
+        return raw.decode("utf-8", "surrogateescape")
+
+    def offset(self, index: int) -> float | None:
+        """The utterance's ``offset_s``: None for a whole file."""
+        value = float(self.offsets[index])
+        return None if value != value else value
 
 
 class CropDataset(Dataset):
@@ -38,7 +73,8 @@ class CropDataset(Dataset):
         sample_rate: int = 16000,
         transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     ) -> None:
-        self.utts = list(utts)
+        self.table = UtteranceTable(utts)
+        self.labels = np.array([speaker_to_label[u.speaker] for u in utts], dtype=np.int64)
         self.transform = transform
         self.speaker_to_label = speaker_to_label
         self.sample_rate = sample_rate
@@ -46,24 +82,24 @@ class CropDataset(Dataset):
         self.crop_s = crop_s
 
     def __len__(self) -> int:
-        return len(self.utts)
+        return len(self.table)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, int]:
         index, crop_seed = key
-        utt = self.utts[index]
         rng = np.random.default_rng(crop_seed)
-        max_start = max(utt.duration_s - self.crop_s, 0.0)
+        duration_s = float(self.table.durations[index])
+        max_start = max(duration_s - self.crop_s, 0.0)
         start_s = float(rng.uniform(0.0, max_start)) if max_start > 0 else 0.0
         wav = load_audio(
-            utt.path,
+            self.table.path(index),
             self.sample_rate,
-            start_s=(utt.offset_s or 0.0) + start_s,  # a segment's crop stays inside it
-            duration_s=min(self.crop_s, utt.duration_s),
+            start_s=(self.table.offset(index) or 0.0) + start_s,  # a segment's crop stays inside it
+            duration_s=min(self.crop_s, duration_s),
         )
         wav = fit_to_length(wav, self.crop_samples)
         if self.transform is not None:
             wav = self.transform(wav, rng)
-        return wav, self.speaker_to_label[utt.speaker]
+        return wav, int(self.labels[index])
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -244,23 +280,35 @@ class UtteranceDataset(Dataset):
         sample_rate: int = 16000,
         windows: Sequence[tuple[int, float, float | None]] | None = None,
     ) -> None:
-        self.utts = list(utts)
+        self.table = UtteranceTable(utts)
         self.sample_rate = sample_rate
-        self.windows = (
-            list(windows) if windows is not None else [(i, 0.0, None) for i in range(len(utts))]
+        if windows is None:
+            windows = [(i, 0.0, None) for i in range(len(utts))]
+        # Arrays, not tuples, for the reason UtteranceTable gives; NaN duration: to the end.
+        self.window_utts = np.array([w[0] for w in windows], dtype=np.int64)
+        self.window_starts = np.array([w[1] for w in windows], dtype=np.float64)
+        self.window_durations = np.array(
+            [np.nan if w[2] is None else w[2] for w in windows], dtype=np.float64
         )
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self.window_utts)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        utt_index, start_s, duration_s = self.windows[index]
-        utt = self.utts[utt_index]
-        if utt.offset_s is not None:
+        utt_index = int(self.window_utts[index])
+        start_s = float(self.window_starts[index])
+        duration_s: float | None = float(self.window_durations[index])
+        if duration_s != duration_s:
+            duration_s = None
+        offset_s = self.table.offset(utt_index)
+        if offset_s is not None:
             if duration_s is None:
-                duration_s = utt.duration_s - start_s  # load_audio refuses one <= 0
-            start_s += utt.offset_s
-        wav = load_audio(utt.path, self.sample_rate, start_s=start_s, duration_s=duration_s)
+                # load_audio refuses a duration <= 0
+                duration_s = float(self.table.durations[utt_index]) - start_s
+            start_s += offset_s
+        wav = load_audio(
+            self.table.path(utt_index), self.sample_rate, start_s=start_s, duration_s=duration_s
+        )
         return wav, index
 
 
@@ -289,6 +337,25 @@ def _worker_sigterm(signum: int, frame) -> None:
     _sigterms_seen += 1
     if _sigterms_seen > 1:
         os._exit(0)
+
+
+def fork_workers(loader: torch.utils.data.DataLoader) -> Iterator:
+    """``iter(loader)``, with the parent's objects frozen out of the garbage collector for the
+    fork that starts the workers.
+
+    A full collection in a forked worker writes to every object the parent held (a manifest's
+    million utterances among them), copying all their pages into that worker: about
+    230 MB per worker for a million utterances. Frozen objects are never visited by the
+    collector, so the workers keep sharing them; the parent unfreezes right after the fork.
+    """
+    if loader.num_workers == 0:
+        return iter(loader)
+    gc.collect()  # what is garbage now would otherwise stay uncollected in the workers
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
 
 
 def loader_worker_init(_: int = 0) -> None:

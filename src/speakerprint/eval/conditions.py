@@ -29,6 +29,7 @@ from tqdm import tqdm
 from speakerprint.data.dataset import (
     UtteranceDataset,
     collate_padded,
+    fork_workers,
     length_sorted_batches,
     loader_worker_init,
 )
@@ -173,7 +174,8 @@ def embed_condition(
     window_emb: np.ndarray | None = None
     try:
         for wav, lengths, indices in tqdm(
-            loader,
+            fork_workers(loader),
+            total=len(loader),
             desc=f"embedding ({condition.key()})",
             unit="batch",
             disable=not progress,

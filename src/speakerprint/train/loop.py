@@ -38,6 +38,7 @@ from speakerprint.data.dataset import (
     EpochBatchSampler,
     SpeakerBalancedBatchSampler,
     collate_crops,
+    fork_workers,
     loader_worker_init,
 )
 from speakerprint.data.manifest import read_manifest
@@ -509,7 +510,7 @@ def _train(
                 pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(cfg.train.seed),
             )
-            yield from itertools.islice(loader, start_batch, batches_per_epoch)
+            yield from itertools.islice(fork_workers(loader), start_batch, batches_per_epoch)
             epoch, start_batch = epoch + 1, 0
 
     def batches(step: int):
@@ -555,7 +556,7 @@ def _train(
                 # the global stream identical with or without a resume.
                 generator=torch.Generator().manual_seed(cfg.train.seed),
             )
-            yield from loader
+            yield from fork_workers(loader)
             epoch, start_batch = epoch + 1, 0
 
     utterance_labels = [speaker_to_label[u.speaker] for u in train_utts]
