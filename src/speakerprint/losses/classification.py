@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from speakerprint.errors import ConfigError
 from speakerprint.losses.heads import CosineClassifier, LinearClassifier
 from speakerprint.losses.margins import AdditiveAngularMargin, AdditiveMargin
+from speakerprint.utils.precision import upcast
 
 if TYPE_CHECKING:
     from speakerprint.losses.triplet import TripletLoss
@@ -48,7 +49,7 @@ class ClassificationLoss(nn.Module):
         """emb: (B, D); labels: (B,) int64 class indices."""
         scores = self.head(emb)  # (B, C) cosines or logits
         if self.margin is None:
-            logits = scores.float()
+            logits = upcast(scores)
         else:
             logits = self.margin(scores, labels)
         with torch.autocast(device_type=logits.device.type, enabled=False):

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speakerprint.utils.precision import upcast
+
 
 class CosineClassifier(nn.Module):
     """Cosine similarity between the embedding and one weight vector per class.
@@ -29,8 +31,8 @@ class CosineClassifier(nn.Module):
     def forward(self, emb: Tensor) -> Tensor:
         """emb: (B, D) -> cosine (B, num_classes), fp32, in [-1, 1]."""
         with torch.autocast(device_type=emb.device.type, enabled=False):
-            emb = F.normalize(emb.float(), dim=-1)
-            weight = F.normalize(self.weight.float(), dim=-1)
+            emb = F.normalize(upcast(emb), dim=-1)
+            weight = F.normalize(upcast(self.weight), dim=-1)
             return F.linear(emb, weight).clamp(-1.0, 1.0)
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
+from speakerprint.utils.precision import upcast
 
 
 def _check_scale(scale: float) -> float:
@@ -75,7 +76,7 @@ class AdditiveAngularMargin(nn.Module):
     def forward(self, cosine: Tensor, labels: Tensor) -> Tensor:
         """cosine: (B, C) in [-1, 1]; labels: (B,) int64 class indices -> logits (B, C), fp32."""
         with torch.autocast(device_type=cosine.device.type, enabled=False):
-            cosine = cosine.float()
+            cosine = upcast(cosine)
             cos = cosine.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B,) target cosines
             sin = (1.0 - cos.square()).clamp(min=self._SIN_SQUARED_MIN).sqrt()
             cos_plus_m = cos * self._cos_m - sin * self._sin_m
@@ -118,7 +119,7 @@ class AdditiveMargin(nn.Module):
     def forward(self, cosine: Tensor, labels: Tensor) -> Tensor:
         """cosine: (B, C); labels: (B,) int64 class indices -> logits (B, C), fp32."""
         with torch.autocast(device_type=cosine.device.type, enabled=False):
-            cosine = cosine.float()
+            cosine = upcast(cosine)
             target = cosine.gather(1, labels.unsqueeze(1)).squeeze(1) - self._margin
             return self.scale * _replace_target(cosine, labels, target)
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speakerprint.utils.precision import upcast
+
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """``nn.BatchNorm1d`` over (B, C, T) that takes batch statistics from valid frames only.
@@ -34,8 +36,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
             return self._batch_norm(x)
 
         # Statistics in fp32 whatever the autocast dtype: sums over B*T frames lose bits in bf16.
-        x32 = x.float()
-        weight = mask.to(torch.float32)  # (B, 1, T)
+        x32 = upcast(x)
+        weight = mask.to(x32.dtype)  # (B, 1, T)
         count = weight.sum()
         mean = (x32 * weight).sum(dim=(0, 2)) / count  # (C,)
         centred = x32 - mean[:, None]
@@ -139,10 +141,8 @@ class _GlobalBatchStats:
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats or _world_size() == 1:
             return super()._masked_batch_norm(x, mask)
-        x32 = x.float()
-        weight = (
-            mask.to(torch.float32) if mask is not None else x32.new_ones(x.shape[0], 1, x.shape[2])
-        )
+        x32 = upcast(x)
+        weight = mask.to(x32.dtype) if mask is not None else x32.new_ones(x.shape[0], 1, x.shape[2])
         sums = torch.cat([(x32 * weight).sum(dim=(0, 2)), weight.sum().reshape(1)])
         sums = _AllReduceSum.apply(sums)
         count = sums[-1]
