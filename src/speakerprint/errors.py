@@ -21,3 +21,7 @@ class ManifestError(SpeakerprintError, ValueError):
 
 class BundleError(SpeakerprintError, ValueError):
     """A model bundle or checkpoint is missing, incomplete, corrupt or from another version."""
+
+
+class QuantizationError(ConfigError):
+    """A quantised model that strays too far from the float model it was made from."""

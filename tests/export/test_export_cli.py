@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -49,12 +50,39 @@ def test_export_onnx_static_int8_calibrated_on_a_folder(small_bundle, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "int8 static" in result.output and "calibrating on 3 of 5 utterances" in result.output
+    assert re.search(
+        r"int8 check: cosine to the float model min 0\.99\d+, mean 0\.99", result.output
+    )
     meta = json.loads((tmp_path / "out" / "m.s8.onnx.json").read_text())
+    assert meta["int8"]["scheme"] == "u8s7" and meta["int8"]["check"]["utterances"] == 3
     assert meta["quantization"] == "int8-static" and meta["calibration_utterances"] == 3
     assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(out)).graph.node)
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.s8.onnx", "m.s8.onnx.json"]
     enc = OnnxSpeakerEncoder.from_file(out, num_threads=1)
     assert np.isfinite(enc.embed(rng.standard_normal(4000).astype("float32") * 0.1)).all()
+    # The self-check refuses a model under the floor, in one line, and writes nothing.
+    refused = tmp_path / "refused" / "m.onnx"
+    result = runner.invoke(
+        app,
+        [
+            *args[:-3],
+            "--out",
+            str(refused),
+            "--with-features",
+            "--quantize",
+            "int8",
+            "--calibration",
+            str(folder),
+            "--calibration-utts",
+            "3",
+            "--min-cosine",
+            "1.0",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "under the floor of 1.0; nothing was written" in result.output
+    assert "Traceback" not in result.output
+    assert not refused.exists() and not list(refused.parent.iterdir())
 
 
 def test_export_torchscript_without_features(small_bundle, tmp_path):
@@ -77,6 +105,8 @@ def test_export_torchscript_without_features(small_bundle, tmp_path):
         (["--format", "onnx", "--quantize", "int4"], "--quantize must be int8"),
         (["--format", "onnx", "--calibration", "."], "--calibration applies to --quantize int8"),
         (["--format", "onnx", "--quantize", "int8", "--calibration-utts", "0"], "must be positive"),
+        (["--format", "onnx", "--quantize", "int8", "--min-cosine", "0.9"], "apply to static int8"),
+        (["--format", "onnx", "--quantize", "int8", "--int8-scheme", "u8u8"], "apply to static"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(small_bundle, tmp_path, extra, message):

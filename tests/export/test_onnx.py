@@ -16,10 +16,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from speakerprint.errors import BundleError, ConfigError
+from speakerprint.errors import BundleError, ConfigError, QuantizationError
 from speakerprint.eval.cache import bundle_fingerprint
 from speakerprint.export import export_onnx, quantize_onnx_int8
 from speakerprint.export.features import ExportFbank
+from speakerprint.export.onnx import FLOAT_TAIL
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.models.bundle import load_bundle
 from speakerprint.onnx_runtime import read_sidecar
@@ -156,6 +157,71 @@ def test_static_int8_of_every_family_follows_the_float_model(family, with_featur
     (b,) = _session(int8).run(None, inputs)
     assert (_cosines(a, b) > 0.995).all(), _cosines(a, b)
     assert not np.array_equal(a, b)
+    # The default scheme cannot saturate x86's u8 x s8 pair sums (vpmaddubsw, 16 bits) on CPUs
+    # without VNNI: every int8 weight lies in [-64, 64], so a pair sums to at most
+    # 255 * 64 * 2 = 32640 < 32767.
+    weights = _int8_weights(int8)
+    assert weights and all(np.abs(w.astype(np.int32)).max() <= 64 for w in weights)
+    check = meta["int8"]["check"]
+    assert meta["int8"]["scheme"] == "u8s7" and check["utterances"] == 6
+    assert 0.995 <= check["min_cosine"] <= check["mean_cosine"] < 1.0
+
+
+def _int8_weights(path) -> list[np.ndarray]:
+    """The int8 initialisers that feed a DequantizeLinear of a weight."""
+    model = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [
+        inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].dtype == np.int8
+    ]
+
+
+def test_static_int8_keeps_the_encoders_ends_in_float(tmp_path):
+    model = _build("ecapa_tdnn").eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", with_features=False)
+    calibration = [_speechlike(seed, 8000) for seed in range(3)]
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration=calibration)
+    graph = onnx.load(str(int8)).graph
+    inits = {t.name: t for t in graph.initializer}
+    float_weighted = [
+        n.name
+        for n in graph.node
+        if n.op_type in ("Conv", "MatMul", "Gemm")
+        and any(i in inits and inits[i].data_type == onnx.TensorProto.FLOAT for i in n.input)
+    ]
+    quantised = [n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    assert quantised[0] in float_weighted  # the first layer reads the features in float
+    assert quantised[-1] in float_weighted  # the embedding layer writes in float
+    assert len(float_weighted) < len(quantised) / 2  # the rest is int8
+    assert read_sidecar(int8)["int8"]["float_nodes"] >= 1 + FLOAT_TAIL
+
+
+def test_static_int8_refuses_a_model_under_the_cosine_floor(tmp_path):
+    model = _build("xvector").eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", with_features=False)
+    calibration = [_speechlike(seed, 8000) for seed in range(3)]
+    with pytest.raises(
+        QuantizationError,
+        match=r"cosine of only 0\.9\d+ to the float .* under the floor of 1.0; nothing was written",
+    ):
+        quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration=calibration, min_cosine=1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
+
+
+def test_u8u8_scheme_is_recorded_and_unknown_schemes_are_named(tmp_path):
+    model = _build("xvector").eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", with_features=False)
+    calibration = [_speechlike(seed, 8000) for seed in range(3)]
+    int8 = quantize_onnx_int8(fp32, tmp_path / "u8.onnx", calibration=calibration, scheme="u8u8")
+    assert read_sidecar(int8)["int8"]["scheme"] == "u8u8"
+    model_weights = onnx.load(str(int8)).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.UINT8 and t.dims for t in model_weights)
+    with pytest.raises(ConfigError, match=r"one of \['u8s7', 'u8u8'\], got 'u8s8'"):
+        quantize_onnx_int8(fp32, tmp_path / "x.onnx", calibration=calibration, scheme="u8s8")
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,20 @@ def export_cmd(
     calibration_seconds: Annotated[
         float, typer.Option(help="Each calibration utterance is cut to its first N seconds")
     ] = 10.0,
+    int8_scheme: Annotated[
+        str,
+        typer.Option(
+            help="Static int8 scheme: u8s7 (7-bit weights, exact on every x86 CPU) or u8u8 "
+            "(also exact, slower)"
+        ),
+    ] = "u8s7",
+    min_cosine: Annotated[
+        float,
+        typer.Option(
+            help="Static int8 refuses (exit 2) when the int8 model's embedding of any "
+            "calibration utterance has a cosine under this to the float model's"
+        ),
+    ] = 0.995,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17)")] = None,
 ) -> None:
     """Export a bundle to ONNX or TorchScript; writes OUT and its sidecar OUT.json (sample rate,
@@ -57,7 +71,7 @@ def export_cmd(
         export_torchscript,
         quantize_onnx_int8,
     )
-    from speakerprint.onnx_runtime import sidecar_path
+    from speakerprint.onnx_runtime import read_sidecar, sidecar_path
 
     if format_ not in ("onnx", "torchscript"):
         raise ConfigError(f"--format must be onnx or torchscript, got {format_!r}")
@@ -65,6 +79,8 @@ def export_cmd(
         raise ConfigError(f"--quantize must be int8, got {quantize!r}")
     if quantize is not None and format_ != "onnx":
         raise ConfigError("--quantize int8 applies to --format onnx only")
+    if not calibration and (int8_scheme != "u8s7" or min_cosine != 0.995):
+        raise ConfigError("--int8-scheme and --min-cosine apply to static int8 (--calibration)")
     if calibration and quantize is None:
         raise ConfigError("--calibration applies to --quantize int8 only")
     if calibration_utts < 1 or calibration_seconds <= 0:
@@ -83,12 +99,21 @@ def export_cmd(
             waves = None
             if calibration:
                 waves = _calibration_audio(calibration, fp32, calibration_utts, calibration_seconds)
-            quantize_onnx_int8(fp32, out, calibration=waves)
+            quantize_onnx_int8(
+                fp32, out, calibration=waves, scheme=int8_scheme, min_cosine=min_cosine
+            )
     kind = "waveform" if with_features else "fbank features"
     typer.echo(
         f"wrote {out} ({format_}{_quantized(quantize, calibration)}, input: {kind}; "
         f"{out.stat().st_size / 1e6:.1f} MB) and {sidecar_path(out)}"
     )
+    check = (read_sidecar(out).get("int8") or {}).get("check") if quantize else None
+    if check:
+        typer.echo(
+            f"int8 check: cosine to the float model min {check['min_cosine']:.6f}, mean "
+            f"{check['mean_cosine']:.6f} over {check['utterances']} calibration utterances "
+            f"(floor {check['floor']})"
+        )
 
 
 def _quantized(quantize: str | None, calibration: list[Path] | None) -> str:

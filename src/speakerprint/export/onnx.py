@@ -23,18 +23,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speakerprint.errors import BundleError, ConfigError
+from speakerprint.errors import BundleError, ConfigError, QuantizationError
 from speakerprint.export.common import Source, resolve_source, write_sidecar
 from speakerprint.features import FbankConfig
 from speakerprint.onnx_runtime import read_sidecar
 from speakerprint.utils.io import atomic_write_bytes
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "quantize_onnx_int8"]
+__all__ = [
+    "DEFAULT_MIN_COSINE",
+    "DEFAULT_OPSET",
+    "INT8_SCHEMES",
+    "export_onnx",
+    "quantize_onnx_int8",
+]
 
 #: Opset 17: supported by onnxruntime >= 1.14 and by every operator these graphs use.
 DEFAULT_OPSET = 17
 
 _FEATURE_SCOPE = "/fbank/"  # node-name prefix of the features inside a with-features graph
+
+_QUANTISED_OPS = ("Conv", "MatMul", "Gemm")
+
+#: Static schemes: (activation type, weight type, 7-bit weights). See quantize_onnx_int8.
+INT8_SCHEMES = {
+    "u8s7": ("QUInt8", "QInt8", True),
+    "u8u8": ("QUInt8", "QUInt8", False),
+}
+
+#: The floor of the static export's self-check: the lowest cosine between the float and the
+#: int8 model's embeddings of the calibration audio.
+DEFAULT_MIN_COSINE = 0.995
+
+#: Quantisable nodes at the end of the encoder that stay float32 in a static export.
+FLOAT_TAIL = 4
 
 
 def _import_onnx_tools():
@@ -137,6 +158,8 @@ def quantize_onnx_int8(
     path: str | os.PathLike,
     *,
     calibration: Iterable[np.ndarray] | None = None,
+    scheme: str = "u8s7",
+    min_cosine: float = DEFAULT_MIN_COSINE,
 ) -> Path:
     """Int8 quantisation (onnxruntime) of an exported model's encoder, with its sidecar.
 
@@ -144,23 +167,37 @@ def quantize_onnx_int8(
     magnitude, and int8 would wreck the log-mel values.
 
     - ``calibration=None``: *dynamic*. The weights of the encoder's Conv, MatMul and Gemm nodes
-      are stored as uint8 and activations are quantised per call. uint8 rather than int8 weights:
-      with int8 weights onnxruntime's ``ConvInteger`` ran slower than the float32 model on the
-      AVX-512 machine of ``bench/cpu_inference_peers.md`` (a one-off check, not a benchmark in
-      the repo).
-    - ``calibration``: *static*, the faster form (QDQ, per-channel int8 weights, uint8
-      activations whose ranges come from the calibration audio: min/max over it). Give
-      waveforms (1-D float32 in [-1, 1] at the sidecar's sample rate) of real speech of the
-      kind the model will see, a few dozen utterances of other speakers than the test set's.
-      For an export that takes features, the waveforms go through the sidecar's front end.
+      are stored as uint8 and activations are quantised per call (uint8 x uint8 products, which
+      no x86 kernel saturates). uint8 rather than int8 weights: with int8 weights onnxruntime's
+      ``ConvInteger`` ran slower than the float32 model.
+    - ``calibration``: *static*, the faster form (QDQ, per-channel weights, uint8 activations
+      whose ranges come from the calibration audio: min/max over it). Give waveforms (1-D
+      float32 in [-1, 1] at the sidecar's sample rate) of real speech of the kind the model will
+      see, a few dozen utterances. For an export that takes features, the waveforms go through
+      the sidecar's front end.
 
-    Nodes whose output goes through a ``Where`` (the masking of padded frames before the
-    pooling's softmax) stay float32: onnxruntime's quantiser loses the tensor between them
-    ("Invalid model with unknown initializers/tensors"), and it is one small conv.
+    Static schemes (``scheme``), both exact on every x86 CPU, with or without AVX-512 VNNI:
+
+    - ``"u8s7"`` (default): int8 weights in a 7-bit range (onnxruntime's ``reduce_range``).
+      Without VNNI, x86 multiplies uint8 by int8 with ``vpmaddubsw``, which saturates the sum of
+      a pair of products at 32767; full 8-bit weights overflow it (on an emulated Haswell the
+      shipped model's cosine to its float model fell to 0.62), weights in [-64, 64] cannot
+      (255 * 64 * 2 = 32640), so every CPU computes the same integers.
+    - ``"u8u8"``: uint8 weights, also exact everywhere, but 1.7x slower than ``u8s7`` on the
+      machine of ``bench/int8_portability.md``.
+
+    The first quantisable node and the last :data:`FLOAT_TAIL` (pooling and embedding layers,
+    where int8 error reaches the embedding undamped) stay float32, as do nodes whose output goes
+    through a ``Where`` (the masking of padded frames before the pooling's softmax: onnxruntime's
+    quantiser loses the tensor between them). bench/int8_portability.py measured each choice.
+
+    A static export checks itself: it embeds the calibration audio with the float and the int8
+    model and refuses (:class:`~speakerprint.errors.QuantizationError`, nothing written) when the
+    lowest cosine is under ``min_cosine``; the cosines are recorded in the sidecar.
 
     Returns:
         ``path``; its sidecar is the source's with ``"quantization"`` ``"int8-dynamic"`` or
-        ``"int8-static"`` (and the number of calibration utterances).
+        ``"int8-static"``, and ``"int8"``: the scheme, what stays float and the self-check.
     """
     _import_onnx_tools()
     import onnx
@@ -172,13 +209,15 @@ def quantize_onnx_int8(
         quantize_static,
     )
 
+    if scheme not in INT8_SCHEMES:
+        raise ConfigError(f"int8 scheme must be one of {sorted(INT8_SCHEMES)}, got {scheme!r}")
     source, path = Path(source), Path(path)
     meta = read_sidecar(source)
     if meta.get("model_format") != "onnx":
         raise BundleError(f"{source} is a {meta.get('model_format')} export, not ONNX")
     model = onnx.load(str(source))
-    exclude = _float_nodes(model)
     feeds = None if calibration is None else _calibration_feeds(calibration, meta)
+    exclude = _float_nodes(model, ends=feeds is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     quiet = _DropPreprocessHint()
@@ -194,6 +233,7 @@ def quantize_onnx_int8(
                     op_types_to_quantize=list(_QUANTISED_OPS),
                     nodes_to_exclude=exclude,
                 )
+                record: dict[str, object] = {"scheme": "u8u8-dynamic", "check": None}
             else:
 
                 class _Reader(CalibrationDataReader):
@@ -203,42 +243,92 @@ def quantize_onnx_int8(
                     def get_next(self) -> dict[str, np.ndarray] | None:
                         return next(self._feeds, None)
 
+                activations, weights, reduce_range = INT8_SCHEMES[scheme]
                 quantize_static(
                     str(source),
                     str(tmp_path),
                     _Reader(),
                     quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
+                    activation_type=getattr(QuantType, activations),
+                    weight_type=getattr(QuantType, weights),
                     per_channel=True,
+                    reduce_range=reduce_range,
                     op_types_to_quantize=list(_QUANTISED_OPS),
                     nodes_to_exclude=exclude,
                     extra_options={"CalibTensorRangeSymmetric": False},
                 )
+                cosines = _cosines_to_float(source, tmp_path, feeds)
+                check = {
+                    "utterances": len(feeds),
+                    "min_cosine": float(cosines.min()),
+                    "mean_cosine": float(cosines.mean()),
+                    "floor": min_cosine,
+                }
+                if cosines.min() < min_cosine:
+                    worst = int(cosines.argmin())
+                    raise QuantizationError(
+                        f"int8 export of {source}: on the calibration audio its embeddings reach "
+                        f"a cosine of only {cosines.min():.7f} to the float model's (calibration "
+                        f"utterance {worst}; mean {cosines.mean():.7f}), under the floor of "
+                        f"{min_cosine}; nothing was written. Use the float32 export, calibrate "
+                        "on more speech like the one it will embed, or lower the floor "
+                        "(--min-cosine) to accept it"
+                    )
+                record = {"scheme": scheme, "check": check}
             atomic_write_bytes(path, tmp_path.read_bytes())
     finally:
         root.removeFilter(quiet)
-    extra: dict[str, object] = {"quantization": "int8-dynamic" if feeds is None else "int8-static"}
+    record["float_nodes"] = len(exclude)
+    extra: dict[str, object] = {
+        "quantization": "int8-dynamic" if feeds is None else "int8-static",
+        "int8": record,
+    }
     if feeds is not None:
         extra["calibration_utterances"] = len(feeds)
     write_sidecar(path, {**meta, **extra})
     return path
 
 
-_QUANTISED_OPS = ("Conv", "MatMul", "Gemm")
-
-
-def _float_nodes(model) -> list[str]:
-    """Names of the nodes the quantiser must leave alone: the features and the feeds of Where."""
+def _float_nodes(model, *, ends: bool) -> list[str]:
+    """Names of the nodes the quantiser must leave alone: the features, the feeds of Where, and
+    (``ends``) the encoder's first quantisable node and its last :data:`FLOAT_TAIL`."""
     into_where = {
         name for node in model.graph.node if node.op_type == "Where" for name in node.input
     }
-    return [
+    keep = [
         node.name
         for node in model.graph.node
         if node.name.startswith(_FEATURE_SCOPE)
         or (node.op_type in _QUANTISED_OPS and into_where.intersection(node.output))
     ]
+    if ends:
+        # ONNX graphs list their nodes in topological order.
+        encoder = [
+            node.name
+            for node in model.graph.node
+            if node.op_type in _QUANTISED_OPS and node.name not in keep
+        ]
+        keep += encoder[:1] + encoder[1:][-FLOAT_TAIL:]
+    return keep
+
+
+def _cosines_to_float(
+    float_path: Path, int8_path: Path, feeds: list[dict[str, np.ndarray]]
+) -> np.ndarray:
+    """The cosine between the two models' embeddings of each feed, one thread each."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = [
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+        for p in (float_path, int8_path)
+    ]
+    cosines = []
+    for feed in feeds:
+        a, b = (s.run(None, feed)[0][0].astype(np.float64) for s in sessions)
+        cosines.append(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return np.array(cosines)
 
 
 def _calibration_feeds(

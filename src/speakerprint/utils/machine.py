@@ -17,6 +17,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+#: The instruction-set flags that change numeric kernels (int8 products, float reductions).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`SIMD_FLAGS` this CPU has (empty where /proc/cpuinfo is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [flag for flag in SIMD_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def device_name(device: str | object = "cpu") -> str:
     """The GPU's name for a CUDA device, else the CPU model (:func:`cpu_name`)."""
     import torch
