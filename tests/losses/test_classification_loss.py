@@ -98,3 +98,22 @@ def test_build_loss_names_are_listed():
 def test_build_loss_rejects_bad_sizes(kwargs):
     with pytest.raises(ConfigError):
         build_loss("aam", **{"embed_dim": 16, "num_classes": 7, **kwargs})
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_loss_takes_a_scheduled_margin(name):
+    """A margin schedule calls ``set_margin`` on whichever loss trains, without knowing which."""
+    torch.manual_seed(0)
+    loss_fn = build_loss(name, embed_dim=8, num_classes=4, margin=0.3)
+    emb, labels = torch.randn(8, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    before = loss_fn(emb, labels).loss
+    loss_fn.set_margin(0.0)
+    after = loss_fn(emb, labels).loss
+    if name == "softmax":  # no margin: nothing changes
+        assert torch.equal(before, after)
+        return
+    margin = loss_fn.margin if name == "triplet" else loss_fn.margin.margin
+    assert margin == 0.0
+    assert after < before  # a smaller margin is an easier target
+    with pytest.raises(ConfigError):
+        loss_fn.set_margin(-1.0)

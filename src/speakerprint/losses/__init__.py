@@ -5,12 +5,8 @@ out = loss_fn(emb, labels)                  # head -> margin -> cross-entropy, o
 out.loss.backward()
 """
 
-from speakerprint.losses.classification import (
-    LOSS_NAMES,
-    ClassificationLoss,
-    LossOutput,
-    build_loss,
-)
+from speakerprint.losses.base import LossOutput, SpeakerLoss
+from speakerprint.losses.classification import LOSS_NAMES, ClassificationLoss, build_loss
 from speakerprint.losses.heads import CosineClassifier, LinearClassifier
 from speakerprint.losses.margins import AdditiveAngularMargin, AdditiveMargin
 from speakerprint.losses.triplet import MINING_NAMES, TripletLoss
@@ -24,6 +20,7 @@ __all__ = [
     "CosineClassifier",
     "LinearClassifier",
     "LossOutput",
+    "SpeakerLoss",
     "TripletLoss",
     "build_loss",
 ]

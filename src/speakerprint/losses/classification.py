@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
+from speakerprint.losses.base import LossOutput, SpeakerLoss
 from speakerprint.losses.heads import CosineClassifier, LinearClassifier
 from speakerprint.losses.margins import AdditiveAngularMargin, AdditiveMargin
+from speakerprint.losses.triplet import TripletLoss
 from speakerprint.utils.precision import upcast
 
-if TYPE_CHECKING:
-    from speakerprint.losses.triplet import TripletLoss
+__all__ = ["LOSS_NAMES", "ClassificationLoss", "LossOutput", "build_loss"]
 
 
-@dataclass
-class LossOutput:
-    """loss: scalar cross-entropy; logits: (B, C) after the margin, fp32; accuracy: scalar, the
-    fraction of rows whose margin-free head output has its argmax at the label (no grad)."""
-
-    loss: Tensor
-    logits: Tensor
-    accuracy: Tensor
-
-
-class ClassificationLoss(nn.Module):
+class ClassificationLoss(SpeakerLoss):
     """Cross-entropy over ``margin(head(emb), labels)``, or over ``head(emb)`` without a margin.
 
     The head holds the class weights (saved with the training checkpoint, dropped from the
     inference bundle); the margin holds no parameters and can be rescheduled with ``set_margin``.
+    The output's ``accuracy`` is the fraction of rows whose margin-free head output has its argmax
+    at the label; ``logits`` are (B, C) after the margin, fp32.
 
     >>> loss_fn = ClassificationLoss(CosineClassifier(192, 10), AdditiveAngularMargin())
     >>> out = loss_fn(torch.randn(4, 192), torch.tensor([0, 1, 2, 3]))
@@ -57,6 +47,11 @@ class ClassificationLoss(nn.Module):
         with torch.no_grad():
             accuracy = (scores.argmax(dim=-1) == labels).float().mean()
         return LossOutput(loss=loss, logits=logits, accuracy=accuracy)
+
+    def set_margin(self, value: float) -> None:
+        """Change the margin's margin (see its ``set_margin``); without a margin, nothing to do."""
+        if self.margin is not None:
+            self.margin.set_margin(value)
 
 
 LOSS_NAMES = ("aam", "am", "softmax", "triplet")
@@ -93,8 +88,5 @@ def build_loss(
     if name == "softmax":
         return ClassificationLoss(LinearClassifier(embed_dim, num_classes))
     if name == "triplet":
-        # Imported here: triplet.py imports LossOutput from this module.
-        from speakerprint.losses.triplet import TripletLoss
-
         return TripletLoss(margin=margin, mining=mining)
     raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(LOSS_NAMES)}")

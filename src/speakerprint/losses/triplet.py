@@ -11,10 +11,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from speakerprint.errors import ConfigError
-from speakerprint.losses.classification import LossOutput
+from speakerprint.losses.base import LossOutput, SpeakerLoss
 
 MINING_NAMES = ("batch_hard", "semi_hard")
 
@@ -23,7 +23,7 @@ _BELOW = -3.0
 _ABOVE = 3.0
 
 
-class TripletLoss(nn.Module):
+class TripletLoss(SpeakerLoss):
     """``relu(s_an - s_ap + margin)`` over triplets mined in the batch, ``s`` the cosine similarity.
 
     Embeddings are L2-normalised and compared by cosine similarity, as Deep Speaker trains them.
@@ -59,12 +59,16 @@ class TripletLoss(nn.Module):
             raise ConfigError(
                 f"unknown triplet mining {mining!r}; valid mining: {', '.join(MINING_NAMES)}"
             )
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise ConfigError(f"triplet margin must be a number, got {margin!r}")
-        if not (math.isfinite(margin) and margin >= 0):
-            raise ConfigError(f"triplet margin must be finite and >= 0, got {margin!r}")
-        self.margin = float(margin)
+        self.set_margin(margin)
         self.mining = mining
+
+    def set_margin(self, value: float) -> None:
+        """Change the margin (on cosine similarity, finite and >= 0); for margin schedules."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"triplet margin must be a number, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"triplet margin must be finite and >= 0, got {value!r}")
+        self.margin = float(value)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, mining={self.mining!r}"
