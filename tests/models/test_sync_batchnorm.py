@@ -13,10 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from speakerprint.models.layers.conv2d import MaskedBatchNorm2d, SyncMaskedBatchNorm2d
 from speakerprint.models.layers.norm import (
     MaskedBatchNorm1d,
+    MaskedBatchNorm2d,
     SyncMaskedBatchNorm1d,
+    SyncMaskedBatchNorm2d,
     convert_sync_batchnorm,
 )
 

@@ -11,34 +11,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from speakerprint.models.layers.norm import MaskedBatchNorm1d, _GlobalBatchStats
+from speakerprint.models.layers.norm import MaskedBatchNorm2d, SyncMaskedBatchNorm2d
 
-
-class MaskedBatchNorm2d(MaskedBatchNorm1d):
-    """BatchNorm over (B, C, F, T) whose batch statistics skip padded time steps.
-
-    The map is viewed as (B, C, F * T) and normalised by :class:`MaskedBatchNorm1d`, which has the
-    same parameters and buffers as ``nn.BatchNorm2d``: state dicts are interchangeable.
-
-    >>> import torch
-    >>> bn = MaskedBatchNorm2d(4)
-    >>> x, mask = torch.randn(2, 4, 10, 7), torch.ones(2, 1, 1, 7, dtype=torch.bool)
-    >>> bn(x, mask).shape
-    torch.Size([2, 4, 10, 7])
-    """
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x: (B, C, F, T); mask: (B, 1, 1, T) bool or None (all valid) -> (B, C, F, T)."""
-        batch, channels, freq, frames = x.shape
-        flat_mask: Tensor | None = None
-        if mask is not None:
-            flat_mask = mask.expand(batch, 1, freq, frames).reshape(batch, 1, freq * frames)
-        y = self._masked_batch_norm(x.reshape(batch, channels, freq * frames), flat_mask)
-        return y.reshape(batch, channels, freq, frames)
-
-
-class SyncMaskedBatchNorm2d(_GlobalBatchStats, MaskedBatchNorm2d):
-    """:class:`MaskedBatchNorm2d` with statistics over all ranks (see ``convert_sync_batchnorm``)."""
+# The 2-D norms live in norm.py beside the 1-D ones; imported here for the blocks and old imports.
+__all__ = ["BasicBlock2d", "ConvBn2d", "MaskedBatchNorm2d", "SyncMaskedBatchNorm2d"]
 
 
 class ConvBn2d(nn.Module):

@@ -1,4 +1,5 @@
-"""Batch normalisation whose training statistics ignore padded frames."""
+"""Batch normalisation whose training statistics ignore padded frames: 1-D (B, C, T) and 2-D
+(B, C, F, T), each with a form whose statistics span every rank under torchrun."""
 
 from __future__ import annotations
 
@@ -166,6 +167,33 @@ class SyncMaskedBatchNorm1d(_GlobalBatchStats, MaskedBatchNorm1d):
         return self._masked_batch_norm(x, mask)
 
 
+class MaskedBatchNorm2d(MaskedBatchNorm1d):
+    """BatchNorm over (B, C, F, T) whose batch statistics skip padded time steps.
+
+    The map is viewed as (B, C, F * T) and normalised by :class:`MaskedBatchNorm1d`, which has the
+    same parameters and buffers as ``nn.BatchNorm2d``: state dicts are interchangeable.
+
+    >>> import torch
+    >>> bn = MaskedBatchNorm2d(4)
+    >>> x, mask = torch.randn(2, 4, 10, 7), torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    >>> bn(x, mask).shape
+    torch.Size([2, 4, 10, 7])
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, C, F, T); mask: (B, 1, 1, T) bool or None (all valid) -> (B, C, F, T)."""
+        batch, channels, freq, frames = x.shape
+        flat_mask: Tensor | None = None
+        if mask is not None:
+            flat_mask = mask.expand(batch, 1, freq, frames).reshape(batch, 1, freq * frames)
+        y = self._masked_batch_norm(x.reshape(batch, channels, freq * frames), flat_mask)
+        return y.reshape(batch, channels, freq, frames)
+
+
+class SyncMaskedBatchNorm2d(_GlobalBatchStats, MaskedBatchNorm2d):
+    """:class:`MaskedBatchNorm2d` with statistics over all ranks (see ``convert_sync_batchnorm``)."""
+
+
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Make every BatchNorm of ``module`` (masked or not, 1-D or 2-D) use global statistics.
 
@@ -178,8 +206,6 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     >>> type(convert_sync_batchnorm(net)[1]).__name__
     'SyncMaskedBatchNorm1d'
     """
-    from speakerprint.models.layers.conv2d import MaskedBatchNorm2d, SyncMaskedBatchNorm2d
-
     for layer in module.modules():
         if isinstance(layer, _GlobalBatchStats):
             continue
