@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 from speakerprint.errors import ManifestError
 from speakerprint.eval.metrics import compute_eer, det_curve
 from speakerprint.viz._common import new_figure
+from speakerprint.viz.systems import ReportSystem
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -49,8 +50,6 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         ManifestError: the file is unreadable, a line is malformed (every bad line is listed),
             the record names no score file, or there are no target or no non-target trials.
     """
-    from speakerprint.viz.report import ReportSystem
-
     system = ReportSystem.from_file(path)
     labels = system.labels
     if not (labels == 1).any() or not (labels == 0).any():
