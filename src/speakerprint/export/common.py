@@ -17,7 +17,7 @@ from speakerprint.export.features import ExportFbank
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.bundle import Bundle, load_bundle
-from speakerprint.onnx_runtime import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, sidecar_path
+from speakerprint.utils.export_format import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, sidecar_path
 from speakerprint.utils.io import atomic_write_text
 
 #: What the export functions take: a bundle folder, a loaded bundle, or a bare encoder.

@@ -26,7 +26,7 @@ import torch
 from speakerprint.errors import BundleError, ConfigError, QuantizationError
 from speakerprint.export.common import Source, resolve_source, write_sidecar
 from speakerprint.features import FbankConfig
-from speakerprint.onnx_runtime import read_sidecar
+from speakerprint.utils.export_format import read_sidecar
 from speakerprint.utils.io import atomic_write_bytes
 
 __all__ = [
