@@ -419,6 +419,8 @@ def _train(
         loaded = init_weights(cfg.model.init_from, model, loss_fn, speakers)
         log.info("initialised: %s", loaded)
 
+    from speakerprint.viz.curves import draw_run_curves  # viz sits above train: not at the top
+
     metrics_log = RunLog(
         run_dir,
         start_step if found is not None else None,
@@ -427,6 +429,7 @@ def _train(
         wandb=cfg.train.wandb,
         wandb_project=cfg.train.wandb_project,
         config=config_to_dict(cfg),
+        draw_curves=draw_run_curves,
     )
     logs.append(metrics_log)
     train_step = distributed.wrap_ddp(distributed.TrainStep(model, loss_fn), ctx)

@@ -9,8 +9,10 @@ numbers of the record. On resume, everything past the resumed step is dropped fr
 resumed run reads as if it had never stopped (W&B keeps the points an interrupted attempt logged
 past the checkpoint; its x axis is the training step, so the repeated steps overlap).
 
-At the end (and when a run stops early) a static summary, ``RUN/curves.png``, is drawn when
-matplotlib (the ``viz`` extra) is installed.
+At the end (and when a run stops early) a static summary, ``RUN/curves.png``, is drawn by the
+drawer the caller hands in (the training loop hands in
+:func:`speakerprint.viz.curves.draw_run_curves`, which needs the ``viz`` extra): training sits
+below ``viz`` and does not import it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,9 @@ class RunLog:
             ``WANDB_MODE=offline``).
         wandb_project: the W&B project.
         config: the run's configuration, given to W&B.
+        draw_curves: ``draw_curves(run_dir, out) -> out or None`` draws the summary figure at
+            ``close``; it must never raise (see :func:`speakerprint.viz.curves.draw_run_curves`).
+            None draws nothing.
     """
 
     def __init__(
@@ -93,8 +99,10 @@ class RunLog:
         wandb: bool = False,
         wandb_project: str = "speakerprint",
         config: dict[str, Any] | None = None,
+        draw_curves: Callable[[Path, Path], Path | None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self._draw_curves = draw_curves
         self.path = self.run_dir / "metrics.jsonl"
         self.enabled = enabled
         self._tb = None
@@ -145,7 +153,7 @@ class RunLog:
             self._wandb.log({"step": step, **scalars})
 
     def close(self, *, curves: bool = True) -> Path | None:
-        """Flush and close the mirrors; draw ``RUN/curves.png`` if asked and possible.
+        """Flush and close the mirrors; draw ``RUN/curves.png`` if asked and a drawer was given.
 
         Returns the figure's path, or None when none was drawn. A figure that cannot be drawn is a
         warning, never an error: the records are safe in ``metrics.jsonl`` whatever happens here.
@@ -161,31 +169,10 @@ class RunLog:
         return self.draw_curves() if curves else None
 
     def draw_curves(self) -> Path | None:
-        out = self.run_dir / CURVES_FILE
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            log.info(
-                "no %s: matplotlib is in the viz extra (pip install 'speakerprint[viz]'), then "
-                "speakerprint plot curves %s",
-                out,
-                self.run_dir,
-            )
+        """Draw ``RUN/curves.png`` with the drawer given at construction; None without one."""
+        if self._draw_curves is None:
             return None
-        from speakerprint.viz._common import save_figure
-        from speakerprint.viz.curves import plot_curves, read_metrics
-
-        try:
-            figure = plot_curves(read_metrics(self.run_dir), title=self.run_dir.name)
-            save_figure(figure, out)
-        except Exception as e:  # noqa: BLE001 - a summary figure must never fail a run
-            log.warning("could not draw %s: %s", out, e)
-            return None
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close("all")
-        return out
+        return self._draw_curves(self.run_dir, self.run_dir / CURVES_FILE)
 
 
 def _open_tensorboard(log_dir: Path, resume_step: int | None):

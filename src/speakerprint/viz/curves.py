@@ -13,6 +13,7 @@ loop records more.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from speakerprint.viz._common import new_figure
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["METRICS_FILE", "TrainingCurves", "plot_curves", "read_metrics"]
+__all__ = ["METRICS_FILE", "TrainingCurves", "draw_run_curves", "plot_curves", "read_metrics"]
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 _TRAIN_KEYS = ("loss", "accuracy", "lr", "margin")
@@ -129,3 +132,36 @@ def plot_curves(curves: TrainingCurves, *, title: str = "") -> Figure:
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
+
+
+def draw_run_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path | None:
+    """Draw a run's curves into ``out`` at the end of training; returns ``out``, or None.
+
+    A figure that cannot be drawn (matplotlib missing, an unreadable record) is a log line, never
+    an error: the records are safe in ``metrics.jsonl`` whatever happens here. Training hands this
+    to :class:`speakerprint.train.tracking.RunLog`.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.info(
+            "no %s: matplotlib is in the viz extra (pip install 'speakerprint[viz]'), then "
+            "speakerprint plot curves %s",
+            out,
+            run_dir,
+        )
+        return None
+    from speakerprint.viz._common import save_figure
+
+    try:
+        figure = plot_curves(read_metrics(run_dir), title=run_dir.name)
+        save_figure(figure, out)
+    except Exception as e:  # noqa: BLE001 - a summary figure must never fail a run
+        log.warning("could not draw %s: %s", out, e)
+        return None
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+    return out
