@@ -214,7 +214,7 @@ def test_damaged_checkpoint_names_file_and_key(tmp_path, damage):
 def test_not_a_checkpoint(tmp_path):
     checkpoint = tmp_path / "embedding_model.ckpt"
     checkpoint.write_bytes(b"\x00\x01 definitely not a pickle")
-    with pytest.raises(BundleError, match="not a PyTorch checkpoint") as excinfo:
+    with pytest.raises(BundleError, match="not a readable PyTorch checkpoint") as excinfo:
         convert("speechbrain", checkpoint, tmp_path / "bundle")
     assert str(checkpoint) in str(excinfo.value)
     torch.save([1, 2, 3], checkpoint)

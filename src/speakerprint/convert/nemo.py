@@ -32,8 +32,6 @@ The layout arguments ``se_bias=False``, ``norm_eps=1e-3``, ``pooling_eps=1e-10``
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 import tarfile
 from pathlib import Path
@@ -42,10 +40,12 @@ from typing import Any
 import torch
 import yaml
 
+from speakerprint.convert._checkpoint import read_state_dict
 from speakerprint.errors import BundleError
 from speakerprint.features.nemo import NemoFeatures, NemoFeaturesConfig
 from speakerprint.models.bundle import save_bundle
 from speakerprint.models.titanet import TitaNet
+from speakerprint.utils.hashing import sha256_file
 
 CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"
@@ -84,7 +84,6 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     features_config = features_config_from_nemo(model_cfg, config_source)
     model_args = titanet_args_from_nemo(model_cfg, config_source)
     encoder = TitaNet(**model_args)
-    state = _strip_prefixes(state)
     mapped, dropped = map_state_dict(
         state, model_args, conv_mask=_conv_mask(model_cfg), where=checkpoint
     )
@@ -144,18 +143,7 @@ def _read_archive(path: Path) -> tuple[str, dict[str, Any]]:
                 weights_bytes = tar.extractfile(found[WEIGHTS_MEMBER]).read()
         except (tarfile.TarError, EOFError, OSError) as e:
             raise BundleError(f"{path} is not a NeMo .nemo archive (a tar file): {e}") from None
-    try:
-        state = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BundleError(
-            f"NeMo archive {path}: {WEIGHTS_MEMBER} is not a checkpoint: {e}"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a Lightning checkpoint rather than NeMo's bare state dict
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise BundleError(f"NeMo archive {path}: {WEIGHTS_MEMBER} is not a state dict of tensors")
+    state = read_state_dict(weights_bytes, f"NeMo archive {path}: {WEIGHTS_MEMBER}")
     try:
         text = config_bytes.decode("utf-8")
     except UnicodeDecodeError:
@@ -169,22 +157,10 @@ def _member_name(name: str) -> str:
     return name
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` of DDP-wrapped saves (and ``model.`` of Lightning ones)."""
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def _sha256(path: Path) -> str:
     if path.is_dir():
-        return hashlib.sha256((path / WEIGHTS_MEMBER).read_bytes()).hexdigest()
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_file(path / WEIGHTS_MEMBER)
+    return sha256_file(path)
 
 
 # ---------------------------------------------------------------- config

@@ -30,7 +30,6 @@ model's input size; sentence mean normalisation).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,12 @@ from typing import Any
 import torch
 import yaml
 
+from speakerprint.convert._checkpoint import read_state_dict
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.features.speechbrain import SpeechBrainFbankConfig
 from speakerprint.models.bundle import save_bundle
 from speakerprint.models.ecapa import EcapaTdnn
+from speakerprint.utils.hashing import sha256_file
 
 __all__ = ["convert"]
 
@@ -51,7 +52,6 @@ PEER_CLASS = "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN"
 # are not part of the embedding and are dropped (and listed in the bundle's info).
 _FOREIGN_PREFIXES = ("classifier.", "mean_var_norm_emb.", "compute_features.", "mean_var_norm.")
 _MODEL_PREFIXES = ("blocks.", "mfa.", "asp.", "asp_bn.", "fc.")
-_NESTING_KEYS = ("embedding_model", "state_dict", "model", "model_state_dict")
 
 
 def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
@@ -96,9 +96,9 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     info = {
         "source": "speechbrain",
         "checkpoint": checkpoint.name,
-        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
         "hyperparams": None if config is None else Path(config).name,
-        "hyperparams_sha256": None if config is None else _sha256(Path(config)),
+        "hyperparams_sha256": None if config is None else sha256_file(Path(config)),
         "peer_model": {"class": PEER_CLASS, "args": peer_args},
         "peer_features": (
             "speechbrain.lobes.features.Fbank + speechbrain.processing.features."
@@ -117,41 +117,11 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
 # --- the checkpoint --------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The embedding model's tensors (``module.`` prefixes removed) and the foreign keys dropped."""
-    if not path.is_file():
-        raise BundleError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a checkpoint
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(f"{path}: not a PyTorch checkpoint ({reason[:200]})") from None
-    for _ in range(3):  # a state dict nested under a key, e.g. {"state_dict": {...}}
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            nested = [k for k in _NESTING_KEYS if isinstance(obj.get(k), dict)]
-            if nested:
-                obj = obj[nested[0]]
-                continue
-        break
-    if not isinstance(obj, dict) or not obj:
-        raise BundleError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
-    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise BundleError(f"{path}: entries that are not tensors: {not_tensors[:8]}")
     state: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
-    for key, value in obj.items():
-        key = str(key)
-        while key.startswith("module."):
-            key = key[len("module.") :]
+    for key, value in read_state_dict(path, str(path)).items():
         if key.startswith(_FOREIGN_PREFIXES):
             dropped.append(key)
         else:

@@ -37,18 +37,19 @@ cosine distance under 1e-6.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from speakerprint.convert._checkpoint import read_state_dict
 from speakerprint.errors import BundleError, SpeakerprintError
 from speakerprint.features import FbankConfig
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.bundle import save_bundle
 from speakerprint.models.registry import create_model
+from speakerprint.utils.hashing import sha256_file
 
 __all__ = ["convert"]
 
@@ -100,7 +101,7 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     info = {
         "source": "wespeaker",
         "checkpoint": checkpoint.name,
-        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
         "config": config_path.name,
         "peer_model": model_name,
         "peer_model_args": model_args,
@@ -132,22 +133,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a WeSpeaker checkpoint, without DDP's ``module.`` prefix."""
-    if not path.is_file():
-        raise BundleError(f"WeSpeaker checkpoint {path} not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
-        raise BundleError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]  # as WeSpeaker's load_checkpoint also accepts
-    if not isinstance(data, dict) or not data:
-        raise BundleError(f"{path}: expected a state dict of tensors, got {type(data).__name__}")
-    bad = sorted(str(k) for k, v in data.items() if not isinstance(v, torch.Tensor))
-    if bad:
-        raise BundleError(f"{path}: entries that are not tensors: {bad[:5]}")
-    if all(k.startswith("module.") for k in data):
-        data = {k.removeprefix("module."): v for k, v in data.items()}
-    return data
+    return read_state_dict(path, f"WeSpeaker checkpoint {path}")
 
 
 def _anchor(path: Path, state: dict[str, torch.Tensor], key: str, dims: int) -> torch.Size:
@@ -351,11 +337,3 @@ def _fbank_config(path: Path, settings: dict[str, Any], feat_dim: int) -> FbankC
         )
     except SpeakerprintError as e:
         raise BundleError(f"{path}: bad feature settings: {e}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 from speakerprint.errors import ConfigError
+from speakerprint.utils.config import dataclass_from_dict
 
 T = TypeVar("T")
 
@@ -17,14 +18,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], kind: str) -> T:
     found = data.pop("kind", kind)
     if found != kind:
         raise ConfigError(f"features kind {found!r} is not {kind!r}")
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown {cls.__name__} keys: {', '.join(map(repr, unknown))} "
-            f"(valid keys: {', '.join(sorted(known))})"
-        )
-    return cls(**data)
+    return dataclass_from_dict(cls, data)
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {

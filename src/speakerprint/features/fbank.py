@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
 from speakerprint.features._config import check_field_types
+from speakerprint.utils.config import dataclass_from_dict
 
 __all__ = ["Fbank", "FbankConfig", "mean_normalize"]
 
@@ -123,14 +124,7 @@ class FbankConfig:
         Raises:
             ConfigError: (a ``ValueError``) naming the unknown keys, or a wrong type or value.
         """
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown FbankConfig keys: {', '.join(map(repr, unknown))} "
-                f"(valid keys: {', '.join(sorted(known))})"
-            )
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def _samples(sample_rate: int, milliseconds: float) -> int:

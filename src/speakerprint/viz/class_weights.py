@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from speakerprint.errors import BundleError
+from speakerprint.utils.linalg import l2_normalize_rows
 from speakerprint.viz._common import new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,8 +53,7 @@ class ClassWeights:
 
 def cosine_matrix(weights: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity (C, C) of the rows of ``weights`` (C, D)."""
-    w = np.asarray(weights, dtype=np.float64)
-    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    w = l2_normalize_rows(np.asarray(weights, dtype=np.float64))
     return w @ w.T
 
 

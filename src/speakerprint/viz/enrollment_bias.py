@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from speakerprint.utils.linalg import l2_normalize_rows
 from speakerprint.viz._common import new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,10 +55,6 @@ class EnrollmentBias:
     utterances_per_speaker: float
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def enrollment_bias(emb: np.ndarray, speakers: Sequence[str]) -> EnrollmentBias:
     """The inclusive and leave-one-out cosines of every utterance of a speaker with >= 2.
 
@@ -65,7 +62,7 @@ def enrollment_bias(emb: np.ndarray, speakers: Sequence[str]) -> EnrollmentBias:
         emb: (N, D) embeddings (normalised here).
         speakers: (N,) the speaker of each row.
     """
-    x = _unit_rows(np.asarray(emb, dtype=np.float64))
+    x = l2_normalize_rows(np.asarray(emb, dtype=np.float64))
     speakers = np.asarray(speakers)
     if len(speakers) != len(x):
         raise ValueError(f"{len(x)} embeddings but {len(speakers)} speaker labels")
@@ -77,8 +74,8 @@ def enrollment_bias(emb: np.ndarray, speakers: Sequence[str]) -> EnrollmentBias:
     sums = np.zeros((len(names), x.shape[1]))
     np.add.at(sums, label, x)
     own_sum = sums[label]  # (N, D) sum of the speaker's unit embeddings, this one included
-    inclusive = np.einsum("nd,nd->n", x, _unit_rows(own_sum))
-    leave_one_out = np.einsum("nd,nd->n", x, _unit_rows(own_sum - x))
+    inclusive = np.einsum("nd,nd->n", x, l2_normalize_rows(own_sum))
+    leave_one_out = np.einsum("nd,nd->n", x, l2_normalize_rows(own_sum - x))
     inclusive, leave_one_out = inclusive[keep], leave_one_out[keep]
     return EnrollmentBias(
         inclusive=inclusive,
