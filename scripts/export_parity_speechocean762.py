@@ -182,7 +182,7 @@ def main() -> None:
             "(the encoder's Conv, MatMul and Gemm weights; static: per-channel int8 weights and "
             "uint8 activations with ranges from the calibration utterances, QDQ format; the fbank "
             "stays fp32; see `speakerprint.export.quantize_onnx_int8`). ONNX graphs come from torch's TorchScript-based exporter, opset 17; with "
-            "features inside, the DFT is a float32 matmul (see `speakerprint/export/features.py`), "
+            "features inside, the DFT is a float32 matmul (see `speakerprint/features/fbank.py`), "
             "which is where the features-inside paths differ from eager.",
             "",
             f"Machine: {cpu_name()}, {platform.machine()}, one thread per path "

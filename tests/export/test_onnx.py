@@ -19,9 +19,9 @@ import torch
 from speakerprint.errors import BundleError, ConfigError, QuantizationError
 from speakerprint.eval.cache import bundle_fingerprint
 from speakerprint.export import export_onnx, quantize_onnx_int8
-from speakerprint.export.features import ExportFbank
 from speakerprint.export.onnx import FLOAT_TAIL
 from speakerprint.features import Fbank, FbankConfig
+from speakerprint.features.fbank import ExportFbank
 from speakerprint.models.bundle import load_bundle
 from speakerprint.onnx_runtime import read_sidecar
 from tests.models.test_encoders import FAMILIES, _build

@@ -302,6 +302,9 @@ def test_buffers_follow_the_module_and_are_not_saved():
     fbank = Fbank()
     assert dict(fbank.state_dict()) == {}
     assert {name for name, _ in fbank.named_buffers()} == {"window", "mel_filters"}
+    with_dft = Fbank(dft=True)
+    assert dict(with_dft.state_dict()) == {}
+    assert {name for name, _ in with_dft.named_buffers()} == {"window", "mel_filters", "dft_basis"}
     doubled = Fbank().to(torch.float64)
     assert doubled.window.dtype == torch.float64
     feats, _ = doubled.eval()(torch.from_numpy(noise(1000))[None])
@@ -391,3 +394,44 @@ def test_config_rejects_bad_values(kwargs, message):
 def test_too_many_mel_bins_is_an_error():
     with pytest.raises(ConfigError, match="cover no FFT bin"):
         Fbank(FbankConfig(sample_rate=8000, num_mel_bins=128))
+
+
+# float32 DFT as a 400-term matmul rounds differently from the FFT: on log-mel bins the two differ
+# by ~1e-4 typically and up to ~2e-3 on the low-energy lowest bins (pre-emphasis removes most of
+# their energy), against log-mel values of order 10. (tests/export holds the same bound.)
+DFT_LOG_MEL_ATOL = 5e-3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        FbankConfig(),
+        FbankConfig(num_mel_bins=40, window="hamming", mean_norm=False, remove_dc_offset=False),
+        FbankConfig(sample_rate=8000, num_mel_bins=24, preemphasis=0.0, frame_shift_ms=12.5),
+    ],
+    ids=["default", "hamming_no_norm", "8k"],
+)
+def test_the_dft_path_matches_the_fft_path(config):
+    rate = config.sample_rate
+    wav = 0.1 * torch.randn(3, rate, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([rate, rate // 2 + 7, config.window_size])
+    fft_feats, fft_frames = Fbank(config).eval()(wav, lengths)
+    dft_feats, dft_frames = Fbank(config, dft=True).eval()(wav, lengths)
+    assert torch.equal(dft_frames, fft_frames)
+    torch.testing.assert_close(dft_feats, fft_feats, rtol=0, atol=DFT_LOG_MEL_ATOL)
+    assert not torch.equal(dft_feats, fft_feats)  # two paths indeed
+    assert dft_feats[2, int(dft_frames[2]) :].eq(0).all()
+
+
+def test_export_fbank_is_the_dft_path_of_fbank():
+    """The exportable form computes what ``Fbank(dft=True)`` computes, not a second fbank."""
+    from speakerprint.features.fbank import ExportFbank
+
+    fbank = Fbank(FbankConfig(), dft=True).eval()
+    wav = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([16000, 9000])
+    expected, expected_frames = fbank(wav, lengths)
+    feats, frames = ExportFbank(fbank)(wav, lengths)
+    assert torch.equal(frames, expected_frames)
+    # Gathered frames hold the values unfold views: the same operations give the same bits.
+    assert torch.equal(feats, expected)

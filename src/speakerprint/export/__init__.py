@@ -12,9 +12,9 @@ inside runs without torch through :class:`speakerprint.onnx_runtime.OnnxSpeakerE
 from __future__ import annotations
 
 from speakerprint.export.common import WaveformEncoder
-from speakerprint.export.features import ExportFbank, dft_basis
 from speakerprint.export.onnx import DEFAULT_OPSET, export_onnx, quantize_onnx_int8
 from speakerprint.export.torchscript import export_torchscript
+from speakerprint.features.fbank import ExportFbank, dft_basis
 
 __all__ = [
     "DEFAULT_OPSET",

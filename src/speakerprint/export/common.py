@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from speakerprint.errors import BundleError
-from speakerprint.export.features import ExportFbank
-from speakerprint.features import Fbank, FbankConfig
+from speakerprint.features import Fbank, FbankConfig, min_samples
+from speakerprint.features.fbank import ExportFbank
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.bundle import Bundle, load_bundle
 from speakerprint.utils.export_format import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, sidecar_path
@@ -53,8 +53,7 @@ class ExportSource:
 
     @property
     def min_samples(self) -> int:
-        config = self.fbank.config
-        return config.window_size + config.window_shift * (max(self.encoder.min_frames, 1) - 1)
+        return min_samples(self.fbank.config, self.encoder.min_frames)
 
     def module(self, with_features: bool) -> nn.Module:
         if with_features and not isinstance(self.fbank, Fbank):

@@ -6,7 +6,7 @@ install, while the TorchScript-based one needs nothing beyond torch and exports 
 family but the LSTM d-vector (ONNX's LSTM has no projection, and LSTMP is the GE2E model). It traces
 the model once; the batch and time axes are left dynamic (``dynamic_axes``), and the tests hold
 onnxruntime's output to eager torch for several batch sizes and lengths, padded batches included.
-Features inside the graph use :class:`~speakerprint.export.features.ExportFbank` (the exporter
+Features inside the graph use :class:`~speakerprint.features.fbank.ExportFbank` (the exporter
 cannot export ``rfft`` or a dynamic ``unfold``).
 """
 

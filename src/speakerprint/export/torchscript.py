@@ -2,7 +2,7 @@
 
 The encoder is compiled with :func:`speakerprint.models.script_encoder` (``torch.jit.script``, so
 every batch size and length runs through one graph); with features, the waveform wrapper around
-:class:`~speakerprint.export.features.ExportFbank` is scripted the same way. The file loads with
+:class:`~speakerprint.features.fbank.ExportFbank` is scripted the same way. The file loads with
 ``torch.jit.load`` and runs without the speakerprint package.
 """
 

@@ -18,7 +18,14 @@ from torch import nn
 from speakerprint.errors import ConfigError
 from speakerprint.features.fbank import Fbank, FbankConfig, mean_normalize
 
-__all__ = ["FRONTEND_KINDS", "Fbank", "FbankConfig", "frontend_from_dict", "mean_normalize"]
+__all__ = [
+    "FRONTEND_KINDS",
+    "Fbank",
+    "FbankConfig",
+    "frontend_from_dict",
+    "mean_normalize",
+    "min_samples",
+]
 
 # kind -> module defining ``from_dict(data) -> nn.Module``. Every front end takes
 # ``(wav (B, N) float32 in [-1, 1], lengths (B,) samples)`` and returns ``(feats (B, T, F), frames
@@ -41,3 +48,16 @@ def frontend_from_dict(data: dict[str, Any]) -> nn.Module:
             f"unknown features kind {kind!r}; known: {['kaldi', *sorted(FRONTEND_KINDS)]}"
         )
     return importlib.import_module(FRONTEND_KINDS[kind]).from_dict(data)
+
+
+def min_samples(config: Any, min_frames: int) -> int:
+    """The shortest waveform, in samples, that gives an encoder its ``min_frames`` frames.
+
+    ``config`` is any front end's config (each has ``window_size`` and ``window_shift`` in
+    samples): one window, then a shift per further frame. Bundles and exports both use this, and
+    shorter audio is repeated up to it.
+
+    >>> min_samples(FbankConfig(), 1), min_samples(FbankConfig(), 2)
+    (400, 560)
+    """
+    return config.window_size + config.window_shift * (max(min_frames, 1) - 1)

@@ -8,6 +8,16 @@ energy term, run on int16-scale audio: the waveform in [-1, 1] is scaled by 3276
 Per frame, as in Kaldi: dither (training only), DC removal, pre-emphasis, window, zero-pad to a
 power of two, power spectrum, triangular mel filters on the ``1127 ln(1 + f/700)`` scale, log with
 a floor at float32 epsilon.
+
+Export uses the same computation (:func:`log_mel`): :class:`ExportFbank` is an eval-mode
+``Fbank`` in operations that ONNX and TorchScript take for any batch size and length. torch's
+TorchScript-based ONNX exporter has no symbolic for ``aten::fft_rfft`` at any opset and cannot
+export ``unfold`` over a dynamic length, and ``Fbank`` itself (a config object, input checks) does
+not compile with ``torch.jit.script``; so ``ExportFbank`` gathers frames with an index matrix and
+takes the DFT of the zero-padded frame as one matmul with a fixed ``(window_size, 2 * (fft_size //
+2 + 1))`` cosine/sine basis (zero padding adds nothing to the sum, so the basis needs only
+``window_size`` rows). ``Fbank(config, dft=True)`` computes the same DFT spectrum in eager torch,
+and ``tests/features`` holds the DFT path to the FFT path.
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ from speakerprint.errors import ConfigError
 from speakerprint.features._config import check_field_types
 from speakerprint.utils.config import dataclass_from_dict
 
-__all__ = ["Fbank", "FbankConfig", "mean_normalize"]
+__all__ = ["ExportFbank", "Fbank", "FbankConfig", "dft_basis", "log_mel", "mean_normalize"]
 
 _WINDOWS = ("povey", "hamming", "hann")
-_FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+_RFFT = torch.empty(0)  # log_mel's "no DFT basis": take the spectrum with rfft
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,73 @@ def _mel_filters(config: FbankConfig) -> Tensor:
     return torch.cat([weights, nyquist_row])
 
 
+def dft_basis(window_size: int, fft_size: int) -> Tensor:
+    """``(window_size, 2K)`` float64 basis, ``K = fft_size // 2 + 1``: ``[cos | -sin]``.
+
+    ``frames @ basis`` gives the real parts (first K columns) and imaginary parts (last K) of
+    ``torch.fft.rfft(frames, n=fft_size)`` for frames of ``window_size`` samples.
+
+    >>> frames = torch.randn(3, 400, dtype=torch.float64)
+    >>> spec = frames @ dft_basis(400, 512)
+    >>> ref = torch.fft.rfft(frames, n=512)
+    >>> torch.allclose(spec[:, :257], ref.real) and torch.allclose(spec[:, 257:], ref.imag)
+    True
+    """
+    if not 0 < window_size <= fft_size:
+        raise ValueError(f"need 0 < window_size <= fft_size, got {window_size} and {fft_size}")
+    n = torch.arange(window_size, dtype=torch.float64)[:, None]
+    k = torch.arange(fft_size // 2 + 1, dtype=torch.float64)[None, :]
+    # n * k mod fft_size keeps the angle small, so float64 cos/sin stay exact to the last bits.
+    angle = 2.0 * math.pi * torch.remainder(n * k, fft_size) / fft_size
+    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
+
+
+def log_mel(
+    frames: Tensor,
+    frame_lengths: Tensor,
+    window: Tensor,
+    mel_filters: Tensor,
+    dft: Tensor,
+    fft_size: int,
+    preemphasis: float,
+    remove_dc_offset: bool,
+    mean_norm: bool,
+) -> Tensor:
+    """Kaldi log-mel features of int16-scale frames ``(B, T, win)`` float32 -> ``(B, T, F)``.
+
+    The one feature computation, shared by :class:`Fbank` and :class:`ExportFbank` (TorchScript
+    compiles it with the latter). ``dft``: an empty tensor takes the spectrum with ``rfft``;
+    :func:`dft_basis` (float32) takes it as one matmul, which ONNX can export. Frames at or past
+    ``frame_lengths`` (B,) come out exactly 0; with ``mean_norm`` each row's mean over its valid
+    frames is subtracted first (as :func:`mean_normalize`).
+    """
+    if remove_dc_offset:
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+    if preemphasis != 0.0:
+        # Kaldi: x[i] -= p * x[i-1] for i > 0, and x[0] -= p * x[0].
+        first = frames[:, :, :1] * (1.0 - preemphasis)
+        frames = torch.cat([first, frames[:, :, 1:] - preemphasis * frames[:, :, :-1]], dim=-1)
+    frames = frames * window
+    if dft.numel() > 0:
+        num_bins = dft.shape[1] // 2
+        spectrum = torch.matmul(frames, dft)  # (B, T, 2K): real parts, then imaginary
+        real = spectrum[:, :, :num_bins]
+        imag = spectrum[:, :, num_bins:]
+        power = real * real + imag * imag
+    else:
+        spectrum = torch.fft.rfft(frames, n=fft_size)  # (B, T, fft_size // 2 + 1) complex
+        power = spectrum.real.square() + spectrum.imag.square()
+    log_floor = 1.1920928955078125e-07  # float32 epsilon, as Kaldi (a literal for TorchScript)
+    feats = torch.matmul(power, mel_filters).clamp(min=log_floor).log()  # (B, T, F)
+    positions = torch.arange(feats.shape[1], device=feats.device)
+    padding = (positions.unsqueeze(0) >= frame_lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
+    if mean_norm:
+        count = frame_lengths.clamp(min=1).to(feats.dtype).unsqueeze(1).unsqueeze(2)
+        mean = feats.masked_fill(padding, 0.0).sum(dim=1, keepdim=True) / count
+        feats = feats - mean
+    return feats.masked_fill(padding, 0.0)
+
+
 def _padding_mask(lengths: Tensor, num_frames: int) -> Tensor:
     """``(B, T, 1)`` bool mask, True for frames at or beyond each row's length."""
     positions = torch.arange(num_frames, device=lengths.device)
@@ -214,7 +291,10 @@ class Fbank(nn.Module):
 
     Computed in float32 with autocast off, whatever the caller's precision; vectorised over the
     batch (``unfold`` frames, one ``rfft``, one matmul), so it runs on any device after ``.to()``.
-    Dither is applied only in training mode; seed it with ``torch.manual_seed``.
+    Dither is applied only in training mode; seed it with ``torch.manual_seed``. ``dft=True``
+    takes the spectrum as a matmul with :func:`dft_basis` instead of ``rfft``, as the exported
+    graph does (:class:`ExportFbank`); float32 rounds the two differently, by ~1e-4 on log-mel
+    values of order 10.
 
     >>> fbank = Fbank(FbankConfig(dither=0.0)).eval()
     >>> feats, frames = fbank(torch.zeros(2, 16000).uniform_(-0.1, 0.1), torch.tensor([16000, 8000]))
@@ -225,12 +305,16 @@ class Fbank(nn.Module):
     window: Tensor
     mel_filters: Tensor
 
-    def __init__(self, config: FbankConfig | None = None):
+    def __init__(self, config: FbankConfig | None = None, *, dft: bool = False):
         super().__init__()
         self.config = config if config is not None else FbankConfig()
+        self.dft = dft
         # Non-persistent: derived from the config, so not part of a state dict.
         self.register_buffer("window", _window(self.config).float(), persistent=False)
         self.register_buffer("mel_filters", _mel_filters(self.config).float(), persistent=False)
+        if dft:
+            basis = dft_basis(self.config.window_size, self.config.fft_size).float()
+            self.register_buffer("dft_basis", basis, persistent=False)
 
     @property
     def feat_dim(self) -> int:
@@ -250,7 +334,7 @@ class Fbank(nn.Module):
         return (frames + 1).clamp(min=0).long()
 
     def extra_repr(self) -> str:
-        return repr(self.config)
+        return repr(self.config) + (", dft=True" if self.dft else "")
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Compute features.
@@ -293,21 +377,73 @@ class Fbank(nn.Module):
             frames = x.unfold(-1, config.window_size, config.window_shift)  # (B, T, win)
             if self.training and config.dither > 0:
                 frames = frames + config.dither * torch.randn_like(frames)
-            if config.remove_dc_offset:
-                frames = frames - frames.mean(dim=-1, keepdim=True)
-            if config.preemphasis != 0:
-                p = config.preemphasis
-                # Kaldi: x[i] -= p * x[i-1] for i > 0, and x[0] -= p * x[0].
-                frames = torch.cat(
-                    [frames[..., :1] * (1.0 - p), frames[..., 1:] - p * frames[..., :-1]], dim=-1
-                )
             # Buffers are cast back in case the module was moved with .half() or .double().
-            frames = frames * self.window.float()
-            spectrum = torch.fft.rfft(frames, n=config.fft_size)  # (B, T, fft_size // 2 + 1)
-            power = spectrum.real.square() + spectrum.imag.square()
-            feats = (power @ self.mel_filters.float()).clamp(min=_FLOAT32_EPS).log()  # (B, T, F)
-            if config.mean_norm:
-                feats = mean_normalize(feats, frame_lengths)
-            else:
-                feats = feats.masked_fill(_padding_mask(frame_lengths, feats.shape[1]), 0.0)
+            feats = log_mel(
+                frames,
+                frame_lengths,
+                self.window.float(),
+                self.mel_filters.float(),
+                self.dft_basis.float() if self.dft else _RFFT,
+                config.fft_size,
+                float(config.preemphasis),
+                bool(config.remove_dc_offset),
+                bool(config.mean_norm),
+            )
+        return feats, frame_lengths
+
+
+class ExportFbank(nn.Module):
+    """Eval-mode :class:`Fbank` (no dither) as exportable operations: ``(B, N)`` -> ``(B, T, F)``.
+
+    The same computation (:func:`log_mel`, with the DFT spectrum of ``Fbank(config, dft=True)``);
+    frames are gathered with an index matrix instead of ``unfold``, so the graph takes any batch
+    size and length under ONNX and ``torch.jit.script``. Same contract as ``Fbank.forward``:
+    ``wav`` float32 in [-1, 1] at the config's sample rate, ``lengths`` (B,) valid samples; returns
+    features with frames beyond each row's length exactly 0 and ``frame_lengths`` (B,) int64.
+    Needs ``N >= window_size``; lengths are not range-checked (an exported graph cannot raise).
+
+    >>> fbank = Fbank().eval()
+    >>> wav, lengths = torch.randn(2, 8000) * 0.1, torch.tensor([8000, 5000])
+    >>> feats, frames = ExportFbank(fbank)(wav, lengths)
+    >>> (feats - fbank(wav, lengths)[0]).abs().max() < 1e-3, frames.tolist()
+    (tensor(True), [48, 29])
+    """
+
+    def __init__(self, fbank: Fbank) -> None:
+        super().__init__()
+        config = fbank.config
+        self.window_size = config.window_size
+        self.window_shift = config.window_shift
+        self.fft_size = config.fft_size
+        self.preemphasis = float(config.preemphasis)
+        self.remove_dc_offset = bool(config.remove_dc_offset)
+        self.mean_norm = bool(config.mean_norm)
+        self.register_buffer("offsets", torch.arange(config.window_size), persistent=False)
+        self.register_buffer("window", fbank.window.detach().float().clone(), persistent=False)
+        basis = dft_basis(config.window_size, config.fft_size).float()
+        self.register_buffer("basis", basis, persistent=False)
+        mel = fbank.mel_filters.detach().float().clone()
+        self.register_buffer("mel_filters", mel, persistent=False)
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        lengths = lengths.long()
+        frame_lengths = torch.div(
+            lengths - self.window_size, self.window_shift, rounding_mode="floor"
+        )
+        frame_lengths = (frame_lengths + 1).clamp(min=0)
+        num_frames = (wav.shape[1] - self.window_size) // self.window_shift + 1
+        starts = torch.arange(num_frames, device=wav.device) * self.window_shift  # (T,)
+        index = starts.unsqueeze(1) + self.offsets.unsqueeze(0)  # (T, win)
+        frames = wav.float()[:, index] * 32768.0  # (B, T, win)
+        feats = log_mel(
+            frames,
+            frame_lengths,
+            self.window,
+            self.mel_filters,
+            self.basis,
+            self.fft_size,
+            self.preemphasis,
+            self.remove_dc_offset,
+            self.mean_norm,
+        )
         return feats, frame_lengths
