@@ -397,8 +397,11 @@ def verify(
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """Decide whether two recordings share a speaker."""
-    result = _encoder(model).verify(a, b, threshold=threshold)
+    """Decide whether two recordings share a speaker (recordings over a minute are embedded
+    from streamed windows, so their length does not decide the memory)."""
+    from speakerprint.inference.extract import verify_recordings
+
+    result = verify_recordings(_encoder(model), a, b, threshold=threshold)
     if json_:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
     else:

@@ -48,6 +48,7 @@ __all__ = [
     "ScoreNormalization",
     "cosine_scores",
     "embed_utterances",
+    "embed_with_cache",
     "evaluate",
 ]
 
@@ -181,17 +182,19 @@ class EvalResult:
         }
 
 
-def _embed(
+def embed_with_cache(
     bundle: Bundle,
     utts: Sequence[Utterance],
     condition: Condition,
     cache: EmbeddingCache | None,
     *,
-    batch_size: int,
-    num_workers: int,
-    progress: bool,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], int, int]:
-    """Embeddings, how many were embedded now and how many came from the cache."""
+    """Embeddings ``{utt_id: (D,)}`` under a condition, those in ``cache`` (when given) read
+    from it and the others embedded and added; with how many were embedded now and how many
+    came from the cache."""
 
     def compute(todo: Sequence[Utterance]) -> dict[str, np.ndarray]:
         return embed_condition(
@@ -295,7 +298,9 @@ def evaluate(
     everything = identification or open_set
     to_embed = list(by_id.values()) if everything else [by_id[u] for u in needed]
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
-    embeddings, num_embedded, num_cached = _embed(bundle, to_embed, condition, cache, **options)
+    embeddings, num_embedded, num_cached = embed_with_cache(
+        bundle, to_embed, condition, cache, **options
+    )
     embeddings = dict(embeddings)
     for model in used_models:
         members = unit_rows(np.stack([embeddings[u] for u in models[model]]).astype(np.float64))
@@ -307,7 +312,9 @@ def evaluate(
     if norm != "none":
         assert cohort is not None
         cohort_utts = list(cohort)
-        cohort_emb, computed, cached = _embed(bundle, cohort_utts, condition, cache, **options)
+        cohort_emb, computed, cached = embed_with_cache(
+            bundle, cohort_utts, condition, cache, **options
+        )
         num_embedded += computed
         num_cached += cached
         cohort_matrix = cohort_from_manifest(cohort_utts, cohort_emb)
