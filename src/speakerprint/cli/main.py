@@ -32,13 +32,22 @@ app.add_typer(prepare_app, name="prepare")
 
 
 def _clean_errors(fn):
-    """Turn input errors into one line on stderr and exit status 2, not a traceback."""
+    """Turn input errors into one line on stderr and exit status 2, not a traceback.
+
+    Input errors are :class:`SpeakerprintError` and the ImportError of a missing optional
+    extra, whose message names what to install (``pip install 'speakerprint[viz]'``).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SpeakerprintError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except ImportError as e:
+            if "pip install" not in str(e):
+                raise  # a broken installation, not a missing extra: the traceback helps
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -72,10 +81,16 @@ def prepare_folder_cmd(
 ) -> None:
     """Prepare a folder of speakers: one sub-folder per speaker, audio files anywhere below it."""
     from speakerprint.data.prepare import prepare_folder
+    from speakerprint.errors import ConfigError
 
-    r = prepare_folder(
-        root, out, dev_speakers=dev_speakers, seed=seed, num_dev_trials=num_dev_trials
-    )
+    try:
+        r = prepare_folder(
+            root, out, dev_speakers=dev_speakers, seed=seed, num_dev_trials=num_dev_trials
+        )
+    except SpeakerprintError:
+        raise
+    except ValueError as e:  # a --dev-speakers or --num-dev-trials the folder cannot give
+        raise ConfigError(f"{root}: {e}") from None
     lines = [
         f"train: {r.num_train_utts} utterances of {r.num_train_speakers} speakers -> {r.train_manifest}"
     ]
@@ -399,8 +414,11 @@ def verify(
 ) -> None:
     """Decide whether two recordings share a speaker (recordings over a minute are embedded
     from streamed windows, so their length does not decide the memory)."""
+    from speakerprint.errors import ConfigError
     from speakerprint.inference.extract import verify_recordings
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     result = verify_recordings(_encoder(model), a, b, threshold=threshold)
     if json_:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
