@@ -26,7 +26,7 @@ from speakerprint.data.trials import Trial
 from speakerprint.errors import ConfigError, ManifestError
 from speakerprint.eval.calibration import OperatingPoint, operating_points
 from speakerprint.eval.metrics import compute_eer, compute_min_cllr, compute_min_dcf
-from speakerprint.eval.scorefile import check_same_trials, read_scores
+from speakerprint.eval.scorefile import check_same_trials, read_trial_scores
 from speakerprint.utils.io import atomic_write_text
 
 __all__ = ["ReportSystem", "write_report"]
@@ -79,7 +79,7 @@ class ReportSystem:
             if not scores_path.is_absolute() and not scores_path.exists():
                 scores_path = path.parent / scores_path
             settings = _settings_of(record)
-        trials, scores = read_scores(scores_path)
+        trials, scores = read_trial_scores(scores_path)
         return cls(name or path.stem, trials, scores, settings)
 
 
