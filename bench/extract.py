@@ -80,7 +80,7 @@ MODEL_ONLY = """
 import json, sys, time
 import numpy as np, torch
 from speakerprint.audio import load_audio
-from speakerprint.cli.embed import collect_inputs, length_batches
+from speakerprint.inference.extract import collect_inputs, length_batches
 from speakerprint.inference import SpeakerEncoder
 manifest, model, device, batch_seconds, repeats, repeat_manifest, limit = sys.argv[1:8]
 if device == "cpu":

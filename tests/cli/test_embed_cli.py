@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from speakerprint.audio import load_audio, resample
-from speakerprint.cli.embed import length_batches
 from speakerprint.cli.main import app
 from speakerprint.features import FbankConfig
 from speakerprint.inference import SpeakerEncoder
+from speakerprint.inference.extract import length_batches
 from speakerprint.models import create_model
 from speakerprint.models.bundle import save_bundle
 
@@ -211,3 +212,63 @@ def test_length_batches_pack_sorted_within_the_budget():
         assert (len(batch) + 1) * durations[batch[0]] > 8.0
         assert following
     assert [len(b) for b in batches] == [1, 1, 2, 3]
+
+
+def test_long_recordings_are_streamed_never_loaded_whole(
+    tmp_path, small_bundle, inputs, monkeypatch
+):
+    """embed and verify take a recording over LONG_RECORDING_S through embed_file's streaming
+    reader: loading it whole fails here, and the embedding is the mean of its unit windows."""
+    import speakerprint.inference.encoder as encoder_module
+    import speakerprint.inference.extract as extract_module
+    from speakerprint.inference.extract import LONG_RECORDING_S, LONG_WINDOW_S
+
+    speech = np.concatenate([load_audio(p) for p in inputs["expected"].values()])
+    long_wav = np.tile(speech, int(LONG_RECORDING_S * 16000 / len(speech)) + 2)
+    long_path = tmp_path / "long.flac"
+    sf.write(long_path, long_wav, 16000)
+    short = inputs["file"]
+    enc = SpeakerEncoder.from_pretrained(small_bundle)
+    windows = enc.embed_file(long_path, window_s=LONG_WINDOW_S, hop_s=LONG_WINDOW_S).embeddings
+    assert len(windows) > 6
+    unit = windows / np.linalg.norm(windows, axis=1, keepdims=True)
+    expected_long = unit.mean(axis=0)
+    expected_short = enc.embed(short)
+
+    streamed = []
+
+    def no_whole_long_file(original):
+        def load(path, *args, **kwargs):
+            assert Path(path).name != "long.flac", "a long recording was decoded whole"
+            return original(path, *args, **kwargs)
+
+        return load
+
+    def counted(path, *args, **kwargs):
+        streamed.append(str(path))
+        return original_stream(path, *args, **kwargs)
+
+    original_stream = encoder_module.stream_audio
+    monkeypatch.setattr(encoder_module, "stream_audio", counted)
+    monkeypatch.setattr(encoder_module, "load_audio", no_whole_long_file(encoder_module.load_audio))
+    monkeypatch.setattr(extract_module, "load_audio", no_whole_long_file(extract_module.load_audio))
+
+    out = tmp_path / "e.npz"
+    args = ["embed", str(long_path), str(short), "--model", str(small_bundle), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert streamed == [str(long_path)]
+    with np.load(out) as npz:
+        np.testing.assert_allclose(npz[str(long_path)], expected_long, atol=1e-5)
+        np.testing.assert_allclose(npz[str(short)], expected_short, atol=1e-4)
+
+    result = runner.invoke(
+        app,
+        ["verify", "--model", str(small_bundle), str(long_path), str(short)]
+        + ["--threshold", "0.5", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert streamed == [str(long_path)] * 2
+    cosine = expected_long @ expected_short / np.linalg.norm(expected_long)
+    cosine /= np.linalg.norm(expected_short)
+    assert json.loads(result.stdout)["score"] == pytest.approx(cosine, abs=1e-4)

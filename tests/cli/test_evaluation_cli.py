@@ -15,7 +15,7 @@ from speakerprint.cli.main import app
 from speakerprint.data.manifest import Utterance, read_manifest, write_manifest
 from speakerprint.data.trials import Trial, read_trials
 from speakerprint.eval.metrics import compute_eer
-from speakerprint.eval.scorefile import read_scores, write_scores
+from speakerprint.eval.scorefile import read_trial_scores, write_scores
 from speakerprint.models.bundle import load_bundle, read_bundle_config
 
 runner = CliRunner()
@@ -54,7 +54,7 @@ def _not_blank(path):
 
 def test_eval_writes_scores_report_threshold_table_and_open_set(evaluated, demo_prepared):
     out, output = evaluated
-    trials, scores = read_scores(out / "scores.txt")
+    trials, scores = read_trial_scores(out / "scores.txt")
     assert trials == read_trials(demo_prepared / "dev_trials.txt")
     record = json.loads((out / "record.json").read_text())
     eer = compute_eer(scores, [t.label for t in trials]).eer
@@ -72,7 +72,7 @@ def test_eval_writes_scores_report_threshold_table_and_open_set(evaluated, demo_
 
 def test_report_compares_systems_and_refuses_other_trials(evaluated, tmp_path):
     out, _ = evaluated
-    trials, scores = read_scores(out / "scores.txt")
+    trials, scores = read_trial_scores(out / "scores.txt")
     noisy = scores + np.random.default_rng(0).normal(scale=0.3, size=len(scores))
     write_scores(tmp_path / "noisy.txt", trials, noisy)
     result = runner.invoke(
@@ -130,7 +130,7 @@ def test_fusion_of_two_noisy_copies_beats_each(tmp_path):
     record = json.loads(result.output)
     systems = list(record["systems"].values())
     assert record["fused"]["eer"] < min(s["eer"] for s in systems)
-    back_trials, back = read_scores(fused)
+    back_trials, back = read_trial_scores(fused)
     assert back_trials == trials
     assert compute_eer(back, labels).eer == pytest.approx(record["fused"]["eer"])
     assert json.loads((tmp_path / "fused.fusion.json").read_text())["fused"] == record["fused"]
@@ -200,7 +200,7 @@ def read_scores_of(bundle, demo_prepared, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    return read_scores(tmp_path / "s.txt")
+    return read_trial_scores(tmp_path / "s.txt")
 
 
 def _gendered_manifest(tmp_path):

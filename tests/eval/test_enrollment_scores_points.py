@@ -13,7 +13,7 @@ from speakerprint.eval import EmbeddingCache, bundle_fingerprint, embed_conditio
 from speakerprint.eval.calibration import operating_points
 from speakerprint.eval.identification import open_set_split
 from speakerprint.eval.normalization import unit_rows
-from speakerprint.eval.scorefile import check_same_trials, read_scores, write_scores
+from speakerprint.eval.scorefile import check_same_trials, read_trial_scores, write_scores
 from speakerprint.models.bundle import load_bundle
 
 
@@ -36,13 +36,13 @@ def test_score_file_round_trip_and_errors(tmp_path):
     trials = [Trial(1, "a", "b"), Trial(0, "a", "c")]
     path = tmp_path / "scores.txt"
     write_scores(path, trials, [0.123456789012, -0.5])
-    back, scores = read_scores(path)
+    back, scores = read_trial_scores(path)
     assert back == trials
     np.testing.assert_allclose(scores, [0.123456789012, -0.5], rtol=1e-8)
     bad = tmp_path / "bad.txt"
     bad.write_text("1 a b 0.5\n2 a c 0.1\n1 a d nan\n1 a e\n")
     with pytest.raises(ManifestError) as err:
-        read_scores(bad)
+        read_trial_scores(bad)
     for line in (2, 3, 4):
         assert f"{bad}:{line}:" in str(err.value)
     with pytest.raises(ValueError, match="2 trials but 1 scores"):

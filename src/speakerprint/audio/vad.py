@@ -233,10 +233,11 @@ class SileroVad:
     def __call__(self, wav: np.ndarray, sample_rate: int) -> list[SpeechSegment]:
         """Speech segments of ``wav`` (mono, float in [-1, 1]) in seconds."""
         import torch
-        from silero_vad import get_speech_timestamps
 
         wav = _check_wav(wav, sample_rate)
-        model = self._load()
+        model = self._load()  # first: without the package, its error names the extra
+        from silero_vad import get_speech_timestamps
+
         total_s = len(wav) / sample_rate
         if sample_rate not in (8000, 16000):
             wav, sample_rate = resample(wav, sample_rate, 16000), 16000

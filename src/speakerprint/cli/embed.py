@@ -16,214 +16,19 @@ Outputs, chosen by ``--format`` or the extension of ``--out``:
   - ``jsonl``: ``{"key": ..., "embedding": [...]}`` per line.
 
 Recordings are sorted by duration and packed into batches of at most ``--batch-seconds`` of padded
-audio, so little compute goes to padding; padding never changes an embedding.
+audio, so little compute goes to padding; padding never changes an embedding. Recordings over a
+minute are embedded from streamed windows (:func:`speakerprint.inference.extract.embed_recording`).
+The library is :mod:`speakerprint.inference.extract`.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import struct
-import sys
-import time
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from speakerprint.cli.main import _clean_errors, app
-
-FORMATS = ("npz", "npy", "ark", "jsonl")
-
-
-@dataclass(frozen=True)
-class _Item:
-    key: str
-    path: str
-    duration_s: float | None = None  # known from a manifest; else read from the header
-
-
-def _audio_files(folder: Path) -> list[Path]:
-    from speakerprint.data.prepare import AUDIO_EXTENSIONS
-
-    extensions = {"." + e for e in AUDIO_EXTENSIONS}
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
-
-
-def _read_wav_scp(path: Path) -> list[_Item]:
-    from speakerprint.data.manifest import raise_problems, read_text_file
-
-    items, problems = [], []
-    for number, line in enumerate(read_text_file(path, "wav.scp").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) != 2:
-            problems.append(f"{path}:{number}: expected '<key> <audio path>', got {line.strip()!r}")
-        elif parts[1].rstrip().endswith("|"):
-            problems.append(
-                f"{path}:{number}: piped commands are not supported; convert the audio to files "
-                "first (e.g. with sox) and list their paths"
-            )
-        else:
-            items.append(_Item(parts[0], parts[1].strip()))
-    raise_problems(path, problems, "wav.scp")
-    return items
-
-
-def collect_inputs(inputs: Sequence[Path]) -> list[_Item]:
-    """Expand files, folders, manifests and wav.scp files into (key, path) items, in order.
-
-    Raises:
-        ConfigError: a folder with no audio, or a key given twice.
-        ManifestError: a malformed manifest or wav.scp.
-    """
-    from speakerprint.data.manifest import read_manifest
-    from speakerprint.data.prepare import AUDIO_EXTENSIONS
-    from speakerprint.errors import ConfigError
-
-    items: list[_Item] = []
-    for given in inputs:
-        if given.is_dir():
-            files = _audio_files(given)
-            if not files:
-                raise ConfigError(
-                    f"folder {given} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})"
-                )
-            items += [_Item(str(given / f.relative_to(given)), str(f)) for f in files]
-        elif given.suffix.lower() == ".jsonl":
-            items += [_Item(u.utt_id, u.path, u.duration_s) for u in read_manifest(given)]
-        elif given.suffix.lower() == ".scp":
-            items += _read_wav_scp(given)
-        else:
-            items.append(_Item(str(given), str(given)))
-    seen: dict[str, int] = {}
-    duplicates = []
-    for item in items:
-        seen[item.key] = seen.get(item.key, 0) + 1
-        if seen[item.key] == 2:
-            duplicates.append(item.key)
-    if duplicates:
-        shown = ", ".join(duplicates[:5]) + (" ..." if len(duplicates) > 5 else "")
-        raise ConfigError(f"{len(duplicates)} key(s) appear more than once in the inputs: {shown}")
-    return items
-
-
-def length_batches(durations: Sequence[float], batch_seconds: float) -> list[list[int]]:
-    """Indices sorted by duration (longest first) and packed into batches whose padded length
-    (size x longest) stays within ``batch_seconds``; a longer recording is a batch of its own."""
-    order = np.argsort(-np.asarray(durations, dtype=np.float64), kind="stable").tolist()
-    batches: list[list[int]] = []
-    for index in order:
-        if batches and (len(batches[-1]) + 1) * durations[batches[-1][0]] <= batch_seconds:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
-def _prefetched(batches: Sequence[list[int]], load: Callable) -> Iterator:
-    """``load(batch)`` for each batch, the next one decoding in a thread while this one is used."""
-    if not batches:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, batches[0])
-        for i in range(len(batches)):
-            result = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(load, batches[i + 1])
-            yield result
-
-
-# -- writers -------------------------------------------------------------------------------------
-
-
-def _npz_bytes(keys: Sequence[str], embeddings: np.ndarray) -> bytes:
-    # As np.savez writes it, without its keyword-argument API (a key named "file" would clash).
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for key, vector in zip(keys, embeddings):
-            with archive.open(key + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(vector))
-    return buffer.getvalue()
-
-
-def kaldi_ark_bytes(keys: Sequence[str], embeddings: np.ndarray) -> tuple[bytes, list[int]]:
-    """Kaldi binary archive of float vectors and the byte offset of each vector's ``\\0B``.
-
-    Each entry: ``<key> \\0B FV <\\4><int32 dim little-endian><dim float32 little-endian>``,
-    as Kaldi's ``Vector<float>::Write`` in binary mode writes it after the table writer's key.
-    """
-    out = bytearray()
-    offsets = []
-    for key, vector in zip(keys, embeddings):
-        out += key.encode("utf-8") + b" "
-        offsets.append(len(out))
-        data = np.ascontiguousarray(vector, dtype="<f4")
-        out += b"\0B" + b"FV " + b"\x04" + struct.pack("<i", data.size) + data.tobytes()
-    return bytes(out), offsets
-
-
-def _check_keys(keys: Sequence[str], fmt: str) -> None:
-    from speakerprint.errors import ConfigError
-
-    if fmt == "ark":
-        bad = [k for k in keys if not k or any(c.isspace() for c in k)]
-        if bad:
-            raise ConfigError(
-                f"Kaldi keys cannot contain whitespace: {bad[0]!r}"
-                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-                + "; give the files ids with a manifest or a wav.scp"
-            )
-    elif fmt == "npy":
-        bad = [k for k in keys if "\n" in k or "\r" in k]
-        if bad:
-            raise ConfigError(f"a key of the .keys.txt cannot contain a line break: {bad[0]!r}")
-
-
-def _companion(out: Path, suffix: str) -> Path:
-    """``emb.npy`` -> ``emb<suffix>``: the files written beside the main output."""
-    return out.with_name(out.stem + suffix) if out.suffix else out.with_name(out.name + suffix)
-
-
-def write_embeddings(
-    out: Path, fmt: str, keys: Sequence[str], embeddings: np.ndarray
-) -> list[Path]:
-    """Write ``embeddings`` (N, D) under ``keys`` in format ``fmt``, atomically; returns the files."""
-    from speakerprint.utils.io import atomic_write_bytes, atomic_write_text
-
-    if fmt == "npz":
-        atomic_write_bytes(out, _npz_bytes(keys, embeddings))
-        return [out]
-    if fmt == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(embeddings, dtype=np.float32))
-        keys_file = _companion(out, ".keys.txt")
-        atomic_write_bytes(out, buffer.getvalue())
-        atomic_write_text(keys_file, "".join(k + "\n" for k in keys))
-        return [out, keys_file]
-    if fmt == "ark":
-        data, offsets = kaldi_ark_bytes(keys, embeddings)
-        scp = _companion(out, ".scp")
-        ark_path = os.path.abspath(out)
-        atomic_write_bytes(out, data)
-        atomic_write_text(scp, "".join(f"{k} {ark_path}:{o}\n" for k, o in zip(keys, offsets)))
-        return [out, scp]
-    lines = [
-        json.dumps({"key": k, "embedding": [float(x) for x in v]}, ensure_ascii=False) + "\n"
-        for k, v in zip(keys, embeddings)
-    ]
-    atomic_write_text(out, "".join(lines))
-    return [out]
-
-
-# -- the command ---------------------------------------------------------------------------------
 
 
 @app.command()
@@ -267,11 +72,17 @@ def embed(
     """Embed many recordings into one file; keys are the paths as given (utt_id for manifests,
     the key for wav.scp)."""
     import torch
-    from tqdm import tqdm
 
-    from speakerprint.audio import AudioLoadError, audio_info, load_audio
     from speakerprint.errors import ConfigError
     from speakerprint.inference import SpeakerEncoder
+    from speakerprint.inference.extract import (
+        FORMATS,
+        check_keys,
+        collect_inputs,
+        companion_path,
+        extract_embeddings,
+        write_embeddings,
+    )
     from speakerprint.utils.io import atomic_write_text
 
     fmt = format_ if format_ is not None else out.suffix.lower().lstrip(".")
@@ -286,80 +97,22 @@ def embed(
         raise ConfigError(f"--out {out} is a folder; name a file")
 
     items = collect_inputs(inputs)
-    _check_keys([i.key for i in items], fmt)
+    check_keys([i.key for i in items], fmt)
     enc = SpeakerEncoder.from_pretrained(model, device=device, compile=compile_)
-    start = time.perf_counter()
-
-    skipped: list[tuple[str, str]] = []
-    readable: list[_Item] = []
-    durations: list[float] = []
-    for item in items:
-        if item.duration_s is not None:
-            readable.append(item)
-            durations.append(item.duration_s)
-            continue
-        try:
-            durations.append(audio_info(item.path).duration_s)
-            readable.append(item)
-        except AudioLoadError as e:
-            skipped.append((item.path, e.reason))
-    if skipped and not skip_bad:
-        lines = [f"{p}: {r}" for p, r in skipped[:20]]
-        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        raise AudioLoadError(
-            f"{len(skipped)} unreadable file(s) (--skip-bad skips them):\n  "
-            + "\n  ".join(lines)
-            + more
-        )
-
-    def load(batch: list[int]) -> list[tuple[int, np.ndarray | None, str]]:
-        loaded = []
-        for index in batch:
-            try:
-                loaded.append((index, load_audio(readable[index].path, enc.sample_rate), ""))
-            except AudioLoadError as e:
-                if not skip_bad:
-                    raise
-                loaded.append((index, None, e.reason))
-        return loaded
-
-    embeddings = np.zeros((len(readable), enc.embed_dim), dtype=np.float32)
-    done = np.zeros(len(readable), dtype=bool)
-    audio_s = 0.0
-    batches = length_batches(durations, batch_seconds)
-    with tqdm(
-        total=round(sum(durations), 1),
-        unit="s",
-        desc="embedding",
-        disable=not progress,
-        file=sys.stderr,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
-    ) as bar:
-        for loaded in _prefetched(batches, load):
-            good = [(i, w) for i, w, _ in loaded if w is not None]
-            skipped += [(readable[i].path, reason) for i, w, reason in loaded if w is None]
-            if good:
-                rows = [i for i, _ in good]
-                embeddings[rows] = enc.embed_batch([w for _, w in good])
-                done[rows] = True
-                audio_s += sum(len(w) for _, w in good) / enc.sample_rate
-            bar.update(sum(durations[i] for i, _, _ in loaded))
-    wall_s = time.perf_counter() - start
-
-    keys = [item.key for item, ok in zip(readable, done) if ok]
-    if not keys:
-        raise ConfigError("no readable audio among the inputs: nothing to embed")
-    written = write_embeddings(out, fmt, keys, embeddings[done])
+    result = extract_embeddings(
+        enc, items, batch_seconds=batch_seconds, skip_bad=skip_bad, progress=progress
+    )
+    written = write_embeddings(out, fmt, result.keys, result.embeddings)
     lines = [
-        f"wrote {len(keys)} embeddings of dimension {enc.embed_dim} to "
+        f"wrote {len(result.keys)} embeddings of dimension {enc.embed_dim} to "
         + ", ".join(str(p) for p in written)
     ]
-    if skipped:
-        skipped_file = _companion(out, ".skipped.txt")
-        atomic_write_text(skipped_file, "".join(f"{p}\t{r}\n" for p, r in skipped))
-        lines.append(f"skipped {len(skipped)} unreadable file(s), listed in {skipped_file}")
+    if result.skipped:
+        skipped_file = companion_path(out, ".skipped.txt")
+        atomic_write_text(skipped_file, "".join(f"{p}\t{r}\n" for p, r in result.skipped))
+        lines.append(f"skipped {len(result.skipped)} unreadable file(s), listed in {skipped_file}")
     lines.append(
-        f"{audio_s:.1f} s of audio in {wall_s:.1f} s on {enc.device}: "
-        f"{audio_s / max(wall_s, 1e-9):.1f} s of audio per second"
+        f"{result.audio_s:.1f} s of audio in {result.wall_s:.1f} s on {enc.device}: "
+        f"{result.audio_s / max(result.wall_s, 1e-9):.1f} s of audio per second"
     )
     typer.echo("\n".join(lines))

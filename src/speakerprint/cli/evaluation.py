@@ -68,7 +68,7 @@ def fuse(
     from speakerprint.errors import ConfigError
     from speakerprint.eval.fusion import fit_fusion
     from speakerprint.eval.metrics import compute_eer, compute_min_dcf
-    from speakerprint.eval.scorefile import check_same_trials, read_scores, write_scores
+    from speakerprint.eval.scorefile import check_same_trials, read_trial_scores, write_scores
     from speakerprint.utils.io import atomic_write_text
 
     if len(dev) < 2:
@@ -77,13 +77,13 @@ def fuse(
         raise ConfigError(f"{len(dev)} --dev files but {len(eval_)} --eval files")
     if not 0.0 < p_target < 1.0:
         raise ConfigError(f"--p-target must be strictly between 0 and 1, got {p_target}")
-    dev_sets = [read_scores(p) for p in dev]
+    dev_sets = [read_trial_scores(p) for p in dev]
     check_same_trials([(str(p), t) for p, (t, _) in zip(dev, dev_sets)])
     dev_labels = [t.label for t in dev_sets[0][0]]
     fusion = fit_fusion(
         [s for _, s in dev_sets], dev_labels, p_target=p_target, names=[str(p) for p in dev]
     )
-    eval_sets = [read_scores(p) for p in eval_] if eval_ else dev_sets
+    eval_sets = [read_trial_scores(p) for p in eval_] if eval_ else dev_sets
     eval_names = [str(p) for p in (eval_ or dev)]
     check_same_trials(list(zip(eval_names, (t for t, _ in eval_sets))))
     trials = eval_sets[0][0]

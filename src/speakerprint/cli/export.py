@@ -127,7 +127,7 @@ def _calibration_audio(inputs: list[Path], onnx_path: Path, count: int, seconds:
     import numpy as np
 
     from speakerprint.audio import load_audio
-    from speakerprint.cli.embed import collect_inputs
+    from speakerprint.inference.extract import collect_inputs
     from speakerprint.onnx_runtime import read_sidecar
 
     items = collect_inputs(inputs)

@@ -32,13 +32,22 @@ app.add_typer(prepare_app, name="prepare")
 
 
 def _clean_errors(fn):
-    """Turn input errors into one line on stderr and exit status 2, not a traceback."""
+    """Turn input errors into one line on stderr and exit status 2, not a traceback.
+
+    Input errors are :class:`SpeakerprintError` and the ImportError of a missing optional
+    extra, whose message names what to install (``pip install 'speakerprint[viz]'``).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SpeakerprintError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except ImportError as e:
+            if "pip install" not in str(e):
+                raise  # a broken installation, not a missing extra: the traceback helps
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -72,10 +81,16 @@ def prepare_folder_cmd(
 ) -> None:
     """Prepare a folder of speakers: one sub-folder per speaker, audio files anywhere below it."""
     from speakerprint.data.prepare import prepare_folder
+    from speakerprint.errors import ConfigError
 
-    r = prepare_folder(
-        root, out, dev_speakers=dev_speakers, seed=seed, num_dev_trials=num_dev_trials
-    )
+    try:
+        r = prepare_folder(
+            root, out, dev_speakers=dev_speakers, seed=seed, num_dev_trials=num_dev_trials
+        )
+    except SpeakerprintError:
+        raise
+    except ValueError as e:  # a --dev-speakers or --num-dev-trials the folder cannot give
+        raise ConfigError(f"{root}: {e}") from None
     lines = [
         f"train: {r.num_train_utts} utterances of {r.num_train_speakers} speakers -> {r.train_manifest}"
     ]
@@ -128,6 +143,61 @@ def train(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes the bundle and reports
     typer.echo("\n".join(lines) if lines else "every phase had finished already")
+
+
+def _test_condition(kind: str, crop_s: float | None, num_crops: int | None):
+    """``eval``'s --condition, --crop-s and --num-crops as a Condition."""
+    from speakerprint.errors import ConfigError
+    from speakerprint.eval.conditions import (
+        CONDITION_KINDS,
+        DEFAULT_CROP_S,
+        DEFAULT_NUM_CROPS,
+        Condition,
+    )
+
+    if kind not in CONDITION_KINDS:
+        raise ConfigError(f"--condition must be one of {', '.join(CONDITION_KINDS)}, got {kind!r}")
+    if crop_s is not None and kind == "full":
+        raise ConfigError("--crop-s applies to --condition crop or multi_crop, not full")
+    if num_crops is not None and kind != "multi_crop":
+        raise ConfigError(f"--num-crops applies to --condition multi_crop, not {kind}")
+    if crop_s is not None and not crop_s > 0:
+        raise ConfigError(f"--crop-s must be a positive number of seconds, got {crop_s}")
+    if num_crops is not None and num_crops < 1:
+        raise ConfigError(f"--num-crops must be at least 1, got {num_crops}")
+    return Condition(
+        kind,
+        crop_s=DEFAULT_CROP_S if crop_s is None else crop_s,
+        num_crops=(num_crops or DEFAULT_NUM_CROPS) if kind == "multi_crop" else 1,
+    )
+
+
+def _cohort(norm: str, cohort: Path | None, top_k: int | None):
+    """``eval``'s --norm, --cohort and --top-k checked; the cohort's utterances (or None)."""
+    from speakerprint.data.manifest import read_manifest
+    from speakerprint.errors import ConfigError
+    from speakerprint.eval.normalization import NORMALIZATION_METHODS
+
+    if norm not in NORMALIZATION_METHODS:
+        raise ConfigError(f"--norm must be one of {', '.join(NORMALIZATION_METHODS)}, got {norm!r}")
+    if norm != "none" and cohort is None:
+        raise ConfigError(
+            f"--norm {norm} needs --cohort MANIFEST: utterances of speakers disjoint from the "
+            "trials' (e.g. the training manifest), averaged into one embedding per speaker"
+        )
+    if norm == "none" and cohort is not None:
+        raise ConfigError(f"--cohort {cohort} is used only with --norm znorm/tnorm/snorm/asnorm")
+    if top_k is not None and norm != "asnorm":
+        raise ConfigError(f"--top-k applies to --norm asnorm, not --norm {norm}")
+    cohort_utts = read_manifest(cohort) if cohort is not None else None
+    if top_k is not None:
+        num_cohort = len({u.speaker for u in cohort_utts or ()})
+        if not 2 <= top_k <= num_cohort:
+            raise ConfigError(
+                f"--top-k must be between 2 and the number of cohort speakers in {cohort} "
+                f"({num_cohort}), got {top_k}"
+            )
+    return cohort_utts
 
 
 @app.command("eval")
@@ -218,13 +288,6 @@ def eval_cmd(
     from speakerprint.data.trials import read_enrollment, read_trials
     from speakerprint.errors import ConfigError
     from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
-    from speakerprint.eval.conditions import (
-        CONDITION_KINDS,
-        DEFAULT_CROP_S,
-        DEFAULT_NUM_CROPS,
-        Condition,
-    )
-    from speakerprint.eval.normalization import NORMALIZATION_METHODS
     from speakerprint.eval.scorefile import write_scores
     from speakerprint.eval.scoring import evaluate
     from speakerprint.models.bundle import load_bundle
@@ -234,47 +297,11 @@ def eval_cmd(
         raise ConfigError(f"--p-target must be strictly between 0 and 1, got {p_target}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if condition not in CONDITION_KINDS:
-        raise ConfigError(
-            f"--condition must be one of {', '.join(CONDITION_KINDS)}, got {condition!r}"
-        )
-    if crop_s is not None and condition == "full":
-        raise ConfigError("--crop-s applies to --condition crop or multi_crop, not full")
-    if num_crops is not None and condition != "multi_crop":
-        raise ConfigError(f"--num-crops applies to --condition multi_crop, not {condition}")
-    if crop_s is not None and not crop_s > 0:
-        raise ConfigError(f"--crop-s must be a positive number of seconds, got {crop_s}")
-    if num_crops is not None and num_crops < 1:
-        raise ConfigError(f"--num-crops must be at least 1, got {num_crops}")
-    test_condition = Condition(
-        condition,
-        crop_s=DEFAULT_CROP_S if crop_s is None else crop_s,
-        num_crops=(num_crops or DEFAULT_NUM_CROPS) if condition == "multi_crop" else 1,
-    )
-    if norm not in NORMALIZATION_METHODS:
-        raise ConfigError(f"--norm must be one of {', '.join(NORMALIZATION_METHODS)}, got {norm!r}")
-    if norm != "none" and cohort is None:
-        raise ConfigError(
-            f"--norm {norm} needs --cohort MANIFEST: utterances of speakers disjoint from the "
-            "trials' (e.g. the training manifest), averaged into one embedding per speaker"
-        )
-    if norm == "none" and cohort is not None:
-        raise ConfigError(f"--cohort {cohort} is used only with --norm znorm/tnorm/snorm/asnorm")
-    if top_k is not None and norm != "asnorm":
-        raise ConfigError(f"--top-k applies to --norm asnorm, not --norm {norm}")
     if cache is not None and cache.exists() and not cache.is_dir():
         raise ConfigError(f"--cache {cache} is a file, not a folder")
-    cohort_utts = read_manifest(cohort) if cohort is not None else None
-    if top_k is not None:
-        num_cohort = len({u.speaker for u in cohort_utts or ()})
-        if not 2 <= top_k <= num_cohort:
-            raise ConfigError(
-                f"--top-k must be between 2 and the number of cohort speakers in {cohort} "
-                f"({num_cohort}), got {top_k}"
-            )
-
+    test_condition = _test_condition(condition, crop_s, num_crops)
+    cohort_utts = _cohort(norm, cohort, top_k)
     enrollment_models = read_enrollment(enrollment) if enrollment is not None else None
-    condition_note = f"Condition: {test_condition.describe()}; normalisation: {norm}."
     b = load_bundle(bundle, device=device)
     embedding_cache = None if cache is None else EmbeddingCache(cache, bundle_fingerprint(bundle))
     result = evaluate(
@@ -302,71 +329,23 @@ def eval_cmd(
         from speakerprint.viz.report import ReportSystem, write_report
 
         system = ReportSystem(Path(bundle).name, result.trials, result.scores)
-        write_report(report, [system], title=f"{bundle} on {trials}", note=condition_note)
-    record = {
-        "bundle": str(bundle),
-        "manifest": str(manifest),
-        "trials": str(trials),
-        "cohort": None if cohort is None else str(cohort),
-        "cache": None if cache is None else str(cache),
-        "enrollment": None if enrollment is None else str(enrollment),
-        "scores_file": None if scores is None else str(scores),
-        **result.to_dict(),
-    }
+        note = f"Condition: {test_condition.describe()}; normalisation: {norm}."
+        write_report(report, [system], title=f"{bundle} on {trials}", note=note)
+    record = result.to_json(
+        bundle=bundle,
+        manifest=manifest,
+        trials=trials,
+        cohort=cohort,
+        cache=cache,
+        enrollment=enrollment,
+        scores_file=scores,
+    )
     if out is not None:
-        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(out, record + "\n")
     if json_:
-        typer.echo(json.dumps(record, indent=2))
+        typer.echo(record)
         return
-    m = result.metrics
-    n = result.normalization
-    lines = [
-        f"condition: {test_condition.describe()}",
-        f"trials: {m.num_target} target, {m.num_nontarget} non-target",
-    ]
-    if n.method == "none":
-        lines.append("scores: raw cosine")
-    else:
-        top = f", top_k {n.top_k}" if n.top_k is not None else ""
-        lines.append(
-            f"scores: {n.method} against {n.num_cohort_speakers} cohort speakers "
-            f"({n.num_cohort_utterances} utterances of {n.cohort}){top}"
-        )
-        if n.note:
-            lines.append(f"note: {n.note}")
-    lines.append(f"EER: {100 * m.eer:.2f}% (threshold {m.eer_threshold:.4f})")
-    for d in result.min_dcfs:
-        lines.append(
-            f"minDCF (p_target={d.p_target}, C_miss={d.c_miss}, C_fa={d.c_fa}): {d.min_dcf:.4f}"
-        )
-    for r in result.identification:
-        skipped = (
-            f", {r.num_skipped_speakers} single-utterance speaker(s) not tested"
-            if r.num_skipped_speakers
-            else ""
-        )
-        lines.append(
-            f"identification, {r.mode.replace('_', '-')} ({r.num_speakers} speakers, "
-            f"{r.num_tested} utterances{skipped}): top-1 {100 * r.top1_accuracy:.2f}%, "
-            f"top-5 {100 * r.top5_accuracy:.2f}%"
-        )
-    o = result.open_set
-    if o is not None:
-        lines.append(
-            f"open-set identification ({o.num_speakers} enrolled speakers, {o.num_known} of "
-            f"their utterances and {o.num_unknown} of held-out speakers tested, threshold "
-            f"{o.threshold:.4f}): correct accept {100 * o.correct_accept_rate:.2f}%, "
-            f"misidentified {100 * o.misidentification_rate:.2f}%, impostors accepted "
-            f"{100 * o.false_accept_rate:.2f}%"
-        )
-    lines.append("thresholds measured on these trials (optimistic for these trials):")
-    for p in result.operating_points:
-        lines.append(
-            f"  {p.name:22s} {p.threshold:9.4f}  false accepts {100 * p.false_accept_rate:6.2f}%  "
-            f"misses {100 * p.miss_rate:6.2f}%"
-        )
-    if result.num_enrollment_models:
-        lines.append(f"enrollment models: {result.num_enrollment_models} from {enrollment}")
+    lines = [result.to_text(enrollment=enrollment)]
     if scores is not None:
         lines.append(f"scores: {scores}")
     if report is not None:
@@ -397,8 +376,14 @@ def verify(
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """Decide whether two recordings share a speaker."""
-    result = _encoder(model).verify(a, b, threshold=threshold)
+    """Decide whether two recordings share a speaker (recordings over a minute are embedded
+    from streamed windows, so their length does not decide the memory)."""
+    from speakerprint.errors import ConfigError
+    from speakerprint.inference.extract import verify_recordings
+
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
+    result = verify_recordings(_encoder(model), a, b, threshold=threshold)
     if json_:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
     else:

@@ -109,67 +109,37 @@ def projection_cmd(
     """Utterance embeddings projected to 2-D, coloured by speaker, one panel per bundle."""
     import sys
 
-    import numpy as np
-
     from speakerprint.data.manifest import read_manifest
-    from speakerprint.errors import ConfigError
-    from speakerprint.viz._common import bundle_label
-    from speakerprint.viz.projection import (
-        PROJECTION_METHODS,
-        ProjectionPanel,
-        embed_manifest_utterances,
-        plot_projections,
-        project,
-        select_utterances,
-        speaker_silhouette,
-    )
+    from speakerprint.viz.projection import plot_projections, project_bundles, select_from_manifests
 
     _check_out(out)
-    if method not in PROJECTION_METHODS:
-        raise ConfigError(
-            f"--method must be one of {', '.join(PROJECTION_METHODS)}, got {method!r}"
-        )
     _positive("--max-speakers", max_speakers)
     _positive("--max-per-speaker", max_per_speaker)
     _positive("--batch-size", batch_size)
-    by_id = {}  # the caps apply to each manifest: dev and train manifests give both kinds
-    for path in manifest:
-        picked = select_utterances(
-            read_manifest(path),
-            max_speakers=max_speakers,
-            max_per_speaker=max_per_speaker,
-            seed=seed,
-        )
-        by_id.update((u.utt_id, u) for u in picked)
-    utts = sorted(by_id.values(), key=lambda u: (u.speaker, u.utt_id))
-    if len(utts) < 3:
-        raise ConfigError(f"need at least 3 utterances to project, the manifests give {len(utts)}")
-    seen_speakers = set()
-    if seen_manifest is not None:
-        seen_speakers = {u.speaker for u in read_manifest(seen_manifest)}
-    speakers = [u.speaker for u in utts]
-    seen = [s in seen_speakers for s in speakers]
-    panels = []
-    for bundle in bundles:
-        emb_by_id = embed_manifest_utterances(
-            bundle,
-            utts,
-            cache_dir=cache,
-            batch_size=batch_size,
-            device=device,
-            progress=sys.stderr.isatty(),
-        )
-        emb = np.stack([emb_by_id[u.utt_id] for u in utts])
-        silhouette = speaker_silhouette(emb, speakers)
-        name = bundle_label(bundle)
-        panels.append(ProjectionPanel(name, project(emb, method=method, seed=seed), silhouette))
-        shown = "n/a" if silhouette is None else f"{silhouette:.3f}"
+    utts = select_from_manifests(
+        manifest, max_speakers=max_speakers, max_per_speaker=max_per_speaker, seed=seed
+    )
+    seen = set() if seen_manifest is None else {u.speaker for u in read_manifest(seen_manifest)}
+    analysis = project_bundles(
+        bundles,
+        utts,
+        method=method,
+        seen_speakers=seen,
+        seed=seed,
+        cache_dir=cache,
+        batch_size=batch_size,
+        device=device,
+        progress=sys.stderr.isatty(),
+    )
+    for bundle, panel in zip(bundles, analysis.panels):
+        shown = "n/a" if panel.silhouette is None else f"{panel.silhouette:.3f}"
         typer.echo(f"{bundle}: speaker silhouette (cosine) {shown}")
     typer.echo(
-        f"{len(utts)} utterances of {len(set(speakers))} speakers "
-        f"({len({s for s, k in zip(speakers, seen) if k})} seen in training)"
+        f"{len(utts)} utterances of {len(set(analysis.speakers))} speakers "
+        f"({analysis.num_seen_speakers} seen in training)"
     )
-    _save(plot_projections(panels, speakers, seen, method=method), out, dpi)
+    fig = plot_projections(analysis.panels, analysis.speakers, analysis.seen, method=method)
+    _save(fig, out, dpi)
 
 
 @plot_app.command("attention")
@@ -302,13 +272,14 @@ def enrollment_bias_cmd(
 
     from speakerprint.data.manifest import read_manifest
     from speakerprint.errors import ConfigError
+    from speakerprint.inference.extract import embed_manifest
     from speakerprint.viz._common import bundle_label
     from speakerprint.viz.enrollment_bias import (
         enrollment_bias,
         plot_enrollment_bias,
         random_speaker_embeddings,
     )
-    from speakerprint.viz.projection import embed_manifest_utterances, select_utterances
+    from speakerprint.viz.projection import select_utterances
 
     _check_out(out)
     if (bundle is None) != (manifest is None):
@@ -340,7 +311,7 @@ def enrollment_bias_cmd(
             max_per_speaker=max_per_speaker,
             seed=seed,
         )
-        emb_by_id = embed_manifest_utterances(bundle, utts, cache_dir=cache, device=device)
+        emb_by_id = embed_manifest(bundle, utts, cache_dir=cache, device=device)
         emb = np.stack([emb_by_id[u.utt_id] for u in utts])
         real_result = enrollment_bias(emb, [u.speaker for u in utts])
         real_name = f"{bundle_label(bundle)} on {manifest.name}"

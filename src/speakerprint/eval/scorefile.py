@@ -5,7 +5,7 @@ score file is also a readable trial list once the last column is dropped, and tw
 score files of the same trial list line up line by line (reports, fusion).
 
 >>> write_scores("scores.txt", trials, scores)  # doctest: +SKIP
->>> trials, scores = read_scores("scores.txt")  # doctest: +SKIP
+>>> trials, scores = read_trial_scores("scores.txt")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from speakerprint.data.trials import Trial, format_trial
 from speakerprint.errors import ManifestError
 from speakerprint.utils.io import atomic_open
 
-__all__ = ["check_same_trials", "read_scores", "write_scores"]
+__all__ = ["check_same_trials", "read_trial_scores", "write_scores"]
 
 
 def write_scores(path: str | os.PathLike, trials: Sequence[Trial], scores: ArrayLike) -> None:
@@ -44,7 +44,7 @@ def write_scores(path: str | os.PathLike, trials: Sequence[Trial], scores: Array
         f.writelines(lines)
 
 
-def read_scores(path: str | os.PathLike) -> tuple[list[Trial], np.ndarray]:
+def read_trial_scores(path: str | os.PathLike) -> tuple[list[Trial], np.ndarray]:
     """Read a score file: the trials and their (N,) float64 scores.
 
     Raises:

@@ -8,7 +8,9 @@ closed-set identification accuracy over the manifest's utterances.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +50,7 @@ __all__ = [
     "ScoreNormalization",
     "cosine_scores",
     "embed_utterances",
+    "embed_with_cache",
     "evaluate",
 ]
 
@@ -180,18 +183,79 @@ class EvalResult:
             "num_cached": self.num_cached,
         }
 
+    def to_json(self, **inputs: str | os.PathLike | None) -> str:
+        """The record ``speakerprint eval --json`` prints: ``inputs`` (the files the run read
+        and wrote, by name; None for those not given) then :meth:`to_dict`, indented JSON."""
+        named = {k: None if v is None else str(v) for k, v in inputs.items()}
+        return json.dumps({**named, **self.to_dict()}, indent=2)
 
-def _embed(
+    def to_text(self, *, enrollment: str | os.PathLike | None = None) -> str:
+        """The figures in words, one per line, as ``speakerprint eval`` prints them;
+        ``enrollment`` names the enrollment map in the line about its models."""
+        m, n = self.metrics, self.normalization
+        lines = [
+            f"condition: {self.condition.describe()}",
+            f"trials: {m.num_target} target, {m.num_nontarget} non-target",
+        ]
+        if n.method == "none":
+            lines.append("scores: raw cosine")
+        else:
+            top = f", top_k {n.top_k}" if n.top_k is not None else ""
+            lines.append(
+                f"scores: {n.method} against {n.num_cohort_speakers} cohort speakers "
+                f"({n.num_cohort_utterances} utterances of {n.cohort}){top}"
+            )
+            if n.note:
+                lines.append(f"note: {n.note}")
+        lines.append(f"EER: {100 * m.eer:.2f}% (threshold {m.eer_threshold:.4f})")
+        for d in self.min_dcfs:
+            lines.append(
+                f"minDCF (p_target={d.p_target}, C_miss={d.c_miss}, C_fa={d.c_fa}): {d.min_dcf:.4f}"
+            )
+        for r in self.identification:
+            skipped = (
+                f", {r.num_skipped_speakers} single-utterance speaker(s) not tested"
+                if r.num_skipped_speakers
+                else ""
+            )
+            lines.append(
+                f"identification, {r.mode.replace('_', '-')} ({r.num_speakers} speakers, "
+                f"{r.num_tested} utterances{skipped}): top-1 {100 * r.top1_accuracy:.2f}%, "
+                f"top-5 {100 * r.top5_accuracy:.2f}%"
+            )
+        o = self.open_set
+        if o is not None:
+            lines.append(
+                f"open-set identification ({o.num_speakers} enrolled speakers, {o.num_known} of "
+                f"their utterances and {o.num_unknown} of held-out speakers tested, threshold "
+                f"{o.threshold:.4f}): correct accept {100 * o.correct_accept_rate:.2f}%, "
+                f"misidentified {100 * o.misidentification_rate:.2f}%, impostors accepted "
+                f"{100 * o.false_accept_rate:.2f}%"
+            )
+        lines.append("thresholds measured on these trials (optimistic for these trials):")
+        for p in self.operating_points:
+            lines.append(
+                f"  {p.name:22s} {p.threshold:9.4f}  false accepts "
+                f"{100 * p.false_accept_rate:6.2f}%  misses {100 * p.miss_rate:6.2f}%"
+            )
+        if self.num_enrollment_models:
+            lines.append(f"enrollment models: {self.num_enrollment_models} from {enrollment}")
+        return "\n".join(lines)
+
+
+def embed_with_cache(
     bundle: Bundle,
     utts: Sequence[Utterance],
     condition: Condition,
     cache: EmbeddingCache | None,
     *,
-    batch_size: int,
-    num_workers: int,
-    progress: bool,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], int, int]:
-    """Embeddings, how many were embedded now and how many came from the cache."""
+    """Embeddings ``{utt_id: (D,)}`` under a condition, those in ``cache`` (when given) read
+    from it and the others embedded and added; with how many were embedded now and how many
+    came from the cache."""
 
     def compute(todo: Sequence[Utterance]) -> dict[str, np.ndarray]:
         return embed_condition(
@@ -295,7 +359,9 @@ def evaluate(
     everything = identification or open_set
     to_embed = list(by_id.values()) if everything else [by_id[u] for u in needed]
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
-    embeddings, num_embedded, num_cached = _embed(bundle, to_embed, condition, cache, **options)
+    embeddings, num_embedded, num_cached = embed_with_cache(
+        bundle, to_embed, condition, cache, **options
+    )
     embeddings = dict(embeddings)
     for model in used_models:
         members = unit_rows(np.stack([embeddings[u] for u in models[model]]).astype(np.float64))
@@ -307,7 +373,9 @@ def evaluate(
     if norm != "none":
         assert cohort is not None
         cohort_utts = list(cohort)
-        cohort_emb, computed, cached = _embed(bundle, cohort_utts, condition, cache, **options)
+        cohort_emb, computed, cached = embed_with_cache(
+            bundle, cohort_utts, condition, cache, **options
+        )
         num_embedded += computed
         num_cached += cached
         cohort_matrix = cohort_from_manifest(cohort_utts, cohort_emb)

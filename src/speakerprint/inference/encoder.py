@@ -322,6 +322,15 @@ class SpeakerEncoder:
         ``threshold_source``) unless one is given. A bundle with a score calibration
         (``speakerprint calibrate``) also gives the score as a log-likelihood ratio, ``llr``.
         """
+        return self.verify_embeddings(
+            self.embed(a, sample_rate), self.embed(b, sample_rate), threshold=threshold
+        )
+
+    def verify_embeddings(
+        self, emb_a: np.ndarray, emb_b: np.ndarray, *, threshold: float | None = None
+    ) -> VerificationResult:
+        """:meth:`verify`'s decision for two embeddings (D,) already computed, e.g. of long
+        files embedded by :func:`speakerprint.inference.extract.embed_recording`."""
         if threshold is None:
             measured = self.bundle.threshold
             if measured is None:
@@ -329,7 +338,7 @@ class SpeakerEncoder:
             threshold, source = measured.value, f"{measured.method} on {measured.measured_on}"
         else:
             source = "given"
-        score = cosine_score(self.embed(a, sample_rate), self.embed(b, sample_rate))
+        score = cosine_score(emb_a, emb_b)
         llr = None
         if self.bundle.calibration is not None:
             from speakerprint.eval.calibration import Calibration

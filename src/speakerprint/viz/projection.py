@@ -9,8 +9,10 @@ Speakers the model was trained on (``seen``) are drawn as filled circles, others
 model separates its training speakers more easily than new ones, and the figure shows by how much.
 
 >>> utts = select_utterances(read_manifest("dev.jsonl"), max_speakers=10)  # doctest: +SKIP
->>> emb = embed_manifest_utterances("runs/x/bundle", utts)  # doctest: +SKIP
+>>> emb = embed_manifest("runs/x/bundle", utts)  # doctest: +SKIP
 >>> xy = project(np.stack([emb[u.utt_id] for u in utts]), method="svd")  # doctest: +SKIP
+>>> analysis = project_bundles(["runs/x/bundle"], utts, method="svd")  # doctest: +SKIP
+>>> fig = plot_projections(analysis.panels, analysis.speakers, analysis.seen)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from speakerprint.data.manifest import Utterance
+from speakerprint.inference.extract import embed_manifest
 from speakerprint.viz._common import VIZ_HINT, new_figure, speaker_colours
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,9 +34,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "PROJECTION_METHODS",
     "ProjectionPanel",
+    "ProjectionAnalysis",
     "embed_manifest_utterances",
     "plot_projections",
     "project",
+    "project_bundles",
+    "select_from_manifests",
     "select_utterances",
     "speaker_silhouette",
 ]
@@ -75,31 +81,100 @@ def select_utterances(
     return picked
 
 
-def embed_manifest_utterances(
-    bundle_path: str | os.PathLike,
+#: The former name of :func:`speakerprint.inference.extract.embed_manifest`.
+embed_manifest_utterances = embed_manifest
+
+
+def select_from_manifests(
+    manifests: Sequence[str | os.PathLike],
+    *,
+    max_speakers: int | None = None,
+    max_per_speaker: int | None = None,
+    seed: int = 0,
+) -> list[Utterance]:
+    """:func:`select_utterances` from each manifest (the caps apply to each, so a dev and a
+    training manifest give both kinds of speaker), merged by ``utt_id`` and sorted by speaker,
+    then utterance id."""
+    from speakerprint.data.manifest import read_manifest
+
+    by_id: dict[str, Utterance] = {}
+    for path in manifests:
+        picked = select_utterances(
+            read_manifest(path),
+            max_speakers=max_speakers,
+            max_per_speaker=max_per_speaker,
+            seed=seed,
+        )
+        by_id.update((u.utt_id, u) for u in picked)
+    return sorted(by_id.values(), key=lambda u: (u.speaker, u.utt_id))
+
+
+@dataclass(frozen=True)
+class ProjectionAnalysis:
+    """What :func:`project_bundles` measured: one panel per bundle over the same utterances.
+
+    Attributes:
+        panels: one per bundle, in order, each with its projection and silhouette.
+        bundles: the bundle paths, in the order of ``panels``.
+        speakers: (N,) the speaker of each utterance.
+        seen: (N,) whether that speaker was in the training manifest.
+    """
+
+    panels: list[ProjectionPanel]
+    bundles: list[str]
+    speakers: list[str]
+    seen: list[bool]
+
+    @property
+    def num_seen_speakers(self) -> int:
+        return len({s for s, k in zip(self.speakers, self.seen) if k})
+
+
+def project_bundles(
+    bundles: Sequence[str | os.PathLike],
     utts: Sequence[Utterance],
     *,
+    method: str = "svd",
+    seen_speakers: set[str] | frozenset[str] = frozenset(),
+    seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     device: str = "cpu",
     progress: bool = False,
-) -> dict[str, np.ndarray]:
-    """Full-length embeddings ``{utt_id: (D,)}`` of a bundle, through the evaluation's embedding
-    code and, given ``cache_dir``, its embedding cache (the one ``speakerprint eval --cache``
-    uses, so a figure after an evaluation re-embeds nothing)."""
-    from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
-    from speakerprint.eval.conditions import FULL, embed_condition
-    from speakerprint.models.bundle import load_bundle
+) -> ProjectionAnalysis:
+    """Embed ``utts`` with each bundle (:func:`speakerprint.inference.extract.embed_manifest`,
+    through the cache given ``cache_dir``), project each to 2-D and measure its speaker
+    silhouette.
 
-    bundle = load_bundle(bundle_path, device=device)
+    Raises:
+        ConfigError: an unknown method or fewer than 3 utterances.
+    """
+    from speakerprint.errors import ConfigError
+    from speakerprint.viz._common import bundle_label
 
-    def compute(todo: Sequence[Utterance]) -> dict[str, np.ndarray]:
-        return embed_condition(bundle, todo, FULL, batch_size=batch_size, progress=progress)
-
-    if cache_dir is None:
-        return compute(list(utts))
-    cache = EmbeddingCache(cache_dir, bundle_fingerprint(bundle_path))
-    return cache.get_or_compute(FULL, list(utts), compute).embeddings
+    if method not in PROJECTION_METHODS:
+        raise ConfigError(
+            f"--method must be one of {', '.join(PROJECTION_METHODS)}, got {method!r}"
+        )
+    if len(utts) < 3:
+        raise ConfigError(f"need at least 3 utterances to project, the manifests give {len(utts)}")
+    speakers = [u.speaker for u in utts]
+    panels = []
+    for bundle in bundles:
+        emb_by_id = embed_manifest(
+            bundle,
+            utts,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        emb = np.stack([emb_by_id[u.utt_id] for u in utts])
+        xy = project(emb, method=method, seed=seed)
+        panels.append(ProjectionPanel(bundle_label(bundle), xy, speaker_silhouette(emb, speakers)))
+    return ProjectionAnalysis(
+        panels, [str(b) for b in bundles], speakers, [s in seen_speakers for s in speakers]
+    )
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from speakerprint.data.trials import Trial
 from speakerprint.errors import ManifestError
-from speakerprint.eval.scorefile import read_scores
+from speakerprint.eval.scorefile import read_trial_scores
 
 __all__ = ["ReportSystem"]
 
@@ -64,7 +64,7 @@ class ReportSystem:
             if not scores_path.is_absolute() and not scores_path.exists():
                 scores_path = path.parent / scores_path
             settings = _settings_of(record)
-        trials, scores = read_scores(scores_path)
+        trials, scores = read_trial_scores(scores_path)
         return cls(name or path.stem, trials, scores, settings)
 
 
