@@ -89,7 +89,10 @@ class Bundle:
                 raise ConfigError(f"the threshold must be a finite number, got {given}")
             return float(given), "given"
         if self.threshold is None:
-            raise BundleError("the model has no measured threshold: pass a threshold")
+            raise BundleError(
+                "the model has no measured threshold: give one (--threshold on the command "
+                "line, threshold= in Python and over HTTP)"
+            )
         measured = self.threshold
         return float(measured.value), f"{measured.method} on {measured.measured_on}"
 
