@@ -290,6 +290,14 @@ def test_a_store_of_another_model_is_refused_at_startup(tmp_path, encoder):
     EnrollmentStore.open(db, model_fingerprint="b" * 64, embed_dim=32, create=True).close()
     with pytest.raises(StoreError, match="another model"):
         create_app(model=encoder, store=db)
+    # A store an older release made for these weights (its fingerprint hashed the version in)
+    # is migrated at startup, not refused.
+    legacy = tmp_path / "legacy.db"
+    (old,) = encoder.legacy_fingerprints
+    EnrollmentStore.open(legacy, model_fingerprint=old, embed_dim=32, create=True).close()
+    create_app(model=encoder, store=legacy)
+    with EnrollmentStore.open(legacy) as store:
+        assert store.model_fingerprint == encoder.fingerprint != old
 
 
 def test_without_a_store_or_speakers(tmp_path, encoder, speech):
