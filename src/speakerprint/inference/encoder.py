@@ -115,9 +115,9 @@ class SpeakerEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the bundle's weights and model config (:func:`~speakerprint.models.bundle.\
-model_fingerprint`): two encoders with the same fingerprint give the same embeddings, so stores
-        can check it."""
+        """SHA-256 of the bundle's weights and model config
+        (:func:`~speakerprint.models.bundle.model_fingerprint`, the same under every release):
+        two encoders with the same fingerprint give the same embeddings, so stores check it."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self._bundle_folder())
         return self._fingerprint

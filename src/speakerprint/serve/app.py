@@ -6,9 +6,9 @@ Endpoints (JSON responses; uploads are ``multipart/form-data`` file fields):
   the limits. The only endpoint that never needs the API key.
 - ``POST /embed``: ``audio`` -> the embedding (a list of ``embed_dim`` floats) and the duration.
 - ``POST /verify``: ``a``, ``b`` (and an optional ``threshold``) -> what
-  ``speakerprint verify --json`` prints (score, threshold, decision, its source, and ``llr`` for a
-  calibrated model), from :meth:`SpeakerEncoder.verify` on the decoded uploads, plus a
-  ``decision`` in words.
+  ``speakerprint verify --json`` prints (score, threshold, same_speaker, threshold_source, and
+  ``llr`` for a calibrated model), from :meth:`SpeakerEncoder.verify` on the decoded uploads,
+  plus the ``decision`` in words.
 - ``POST /enroll``: ``name`` and one or more ``audio`` fields -> the speaker's new total.
 - ``POST /identify``: ``audio`` (``top_k``, optional ``threshold``) -> ranked speakers, the
   decision being the best one or ``"unknown"`` below the threshold.
@@ -401,19 +401,13 @@ def create_app(
             embed_dim=encoder.embed_dim,
             model_path=model_path,
             create=True,
+            legacy_fingerprints=encoder.legacy_fingerprints,  # computed once, then cached
         )
 
     if store_path is not None:
-        # Fail now, not on the first request, if it is another model's; migrate it if an older
-        # release made it for these weights.
-        open_enrollment_store(
-            store_path,
-            model_fingerprint=fingerprint,
-            embed_dim=encoder.embed_dim,
-            model_path=model_path,
-            create=True,
-            legacy_fingerprints=encoder.legacy_fingerprints,
-        ).close()
+        # Fail now, not on the first request, if it is another model's; migrate it now if an
+        # older release made it for these weights.
+        open_store().close()
 
     model_lock = threading.Lock()
     limiters: list[CapacityLimiter] = []  # made in the event loop (anyio 3 needs one running)
