@@ -92,3 +92,45 @@ def test_errors_name_the_problem(tmp_path, speakers):
         assert "Traceback" not in result.output
     result = runner.invoke(app, ["identify", db, ann_files[1], "--top-k", "0"])
     assert result.exit_code == 2 and "--top-k" in result.output
+
+
+def test_stores_made_by_0_1_0_keep_working(tmp_path, speakers):
+    """A store whose recorded fingerprint hashed the 0.1.0 version in is migrated by enroll and
+    identify (with the model recorded in the store, or given), not refused as another model's."""
+    import sqlite3
+
+    from speakerprint.inference import SpeakerEncoder
+    from speakerprint.inference.store import EnrollmentStore
+    from speakerprint.models.bundle import legacy_model_fingerprints, model_fingerprint
+
+    torch.manual_seed(0)
+    bundle = save_bundle(
+        tmp_path / "bundle",
+        create_model("ecapa_tdnn", channels=32, mfa_channels=96, embed_dim=24),
+        FbankConfig(),
+    )
+    (ann, ann_files), (bob, bob_files), _ = speakers.items()
+    enc = SpeakerEncoder.from_pretrained(bundle)
+    (old,) = legacy_model_fingerprints(bundle)
+    for db in (tmp_path / "identify.db", tmp_path / "enroll.db"):
+        with EnrollmentStore.open(
+            db, model_fingerprint=old, embed_dim=24, model_path=str(bundle), create=True
+        ) as store:
+            store.enroll(ann, enc.embed(ann_files[0]), model_fingerprint=old)
+
+    result = runner.invoke(
+        app, ["identify", str(tmp_path / "identify.db"), ann_files[1], "--threshold", "-1"]
+    )
+    assert result.exit_code == 0 and result.output.startswith(f"{ann}:"), result.output
+    result = runner.invoke(
+        app, ["enroll", str(tmp_path / "enroll.db"), bob, bob_files[0], "--model", str(bundle)]
+    )
+    assert (
+        result.exit_code == 0 and f"enrolled {bob}: 1 new recording(s), 1 in all" in result.output
+    )
+    for db in (tmp_path / "identify.db", tmp_path / "enroll.db"):
+        with sqlite3.connect(db) as raw:
+            (recorded,) = raw.execute(
+                "SELECT value FROM meta WHERE key = 'model_fingerprint'"
+            ).fetchone()
+        assert recorded == model_fingerprint(bundle) != old

@@ -1,6 +1,7 @@
 """Tests of speakerprint.eval.cache: what is cached is never embedded again (counted calls, not
 timing), changed utterances are, stale and corrupt files are ignored with a warning, and the
-bundle fingerprint follows the weights and the model config but not the threshold."""
+model fingerprint follows the weights and the model config but not the threshold or the version,
+while the cache keys on (fingerprint, version)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import shutil
 import numpy as np
 import pytest
 
+import speakerprint
 from speakerprint.data.manifest import Utterance, read_manifest
 from speakerprint.data.trials import read_trials
 from speakerprint.eval import Condition, EmbeddingCache, bundle_fingerprint, evaluate
-from speakerprint.models.bundle import Bundle, load_bundle
+from speakerprint.models.bundle import Bundle, load_bundle, model_fingerprint
 
 _FINGERPRINT = "ab" * 32
 
@@ -41,11 +43,11 @@ class _CountingEmbedder:
 
 
 def test_what_is_cached_is_not_embedded_again(tmp_path):
-    cache = EmbeddingCache(tmp_path / "cache", _FINGERPRINT)
+    cache = EmbeddingCache(tmp_path / "cache", _FINGERPRINT, version="1.2.3")
     embed = _CountingEmbedder()
     first = cache.get_or_compute(Condition(), _utts(3), embed)
     assert (first.num_computed, first.num_cached, embed.num_embedded) == (3, 0, 3)
-    assert first.path.is_file() and first.path.name == f"{_FINGERPRINT[:16]}_full.npz"
+    assert first.path.is_file() and first.path.name == f"{_FINGERPRINT[:16]}_1.2.3_full.npz"
 
     again = cache.get_or_compute(Condition(), _utts(3), embed)
     assert (again.num_computed, again.num_cached, len(embed.calls)) == (0, 3, 1)
@@ -86,6 +88,27 @@ def test_conditions_and_bundles_have_their_own_files(tmp_path):
     EmbeddingCache(tmp_path, "cd" * 32).get_or_compute(Condition(), _utts(2), embed)
     assert embed.num_embedded == 8
     assert len(list(tmp_path.glob("*.npz"))) == 4
+
+
+def test_another_version_has_its_own_file(tmp_path, monkeypatch):
+    embed = _CountingEmbedder()
+    monkeypatch.setattr(speakerprint, "__version__", "1.0.0")
+    old = EmbeddingCache(tmp_path, _FINGERPRINT)
+    assert old.version == "1.0.0"
+    old_path = old.get_or_compute(Condition(), _utts(2), embed).path
+    monkeypatch.setattr(speakerprint, "__version__", "1.1.0+local.2")
+    new = EmbeddingCache(tmp_path, _FINGERPRINT)
+    result = new.get_or_compute(Condition(), _utts(2), embed)
+    # Embedded again under the new version, into its own file; the old one is left as it was.
+    assert result.num_computed == 2 and embed.num_embedded == 4
+    assert (
+        result.path != old_path
+        and result.path.name == f"{_FINGERPRINT[:16]}_1.1.0-local.2_full.npz"
+    )
+    assert len(old.load(Condition())) == 2
+    # A file of another version put in this version's place is stale, not read.
+    shutil.copy(old_path, result.path)
+    assert new.load(Condition()) == {}
 
 
 def test_a_corrupt_file_is_ignored_with_a_warning_and_rewritten(tmp_path, caplog):
@@ -135,27 +158,34 @@ def test_compute_must_return_every_embedding(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_fingerprint_follows_weights_and_model_config_not_threshold(tmp_path, tiny_bundle):
+def test_fingerprint_follows_weights_and_model_config_not_threshold_or_version(
+    tmp_path, tiny_bundle, monkeypatch
+):
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
-    original = bundle_fingerprint(copy)
-    assert original == bundle_fingerprint(tiny_bundle) and len(original) == 64
+    original = model_fingerprint(copy)
+    assert original == model_fingerprint(tiny_bundle) and len(original) == 64
+    assert bundle_fingerprint(copy) == original  # the name eval callers use
+
+    monkeypatch.setattr(speakerprint, "__version__", "99.0.0")
+    assert model_fingerprint(copy) == original
+    monkeypatch.undo()
 
     config = json.loads((copy / "config.json").read_text())
     config["threshold"] = {"value": 0.5, "method": "eer", "measured_on": "elsewhere"}
     (copy / "config.json").write_text(json.dumps(config))
-    assert bundle_fingerprint(copy) == original
+    assert model_fingerprint(copy) == original
 
     config["features"]["num_mel_bins"] += 1
     (copy / "config.json").write_text(json.dumps(config))
-    assert bundle_fingerprint(copy) != original
+    assert model_fingerprint(copy) != original
     config["features"]["num_mel_bins"] -= 1
     (copy / "config.json").write_text(json.dumps(config))
 
     weights = bytearray((copy / "model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
     (copy / "model.safetensors").write_bytes(bytes(weights))
-    assert bundle_fingerprint(copy) != original
+    assert model_fingerprint(copy) != original
 
 
 def test_evaluate_with_a_cache_embeds_each_utterance_once(
@@ -172,7 +202,7 @@ def test_evaluate_with_a_cache_embeds_each_utterance_once(
         return real_embed_batch(self, wav, lengths)
 
     monkeypatch.setattr(Bundle, "embed_batch", counting)
-    cache = EmbeddingCache(tmp_path, bundle_fingerprint(tiny_bundle))
+    cache = EmbeddingCache(tmp_path, model_fingerprint(tiny_bundle))
     condition = Condition("crop", crop_s=1.5)
     first = evaluate(bundle, utts, trials, condition=condition, cache=cache, batch_size=32)
     used = {t.enrol for t in trials} | {t.test for t in trials}

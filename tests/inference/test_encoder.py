@@ -9,11 +9,10 @@ from safetensors.torch import load_file, save_file
 
 from speakerprint.audio import AudioLoadError, load_audio, resample, stream_audio
 from speakerprint.errors import BundleError, ConfigError
-from speakerprint.eval.cache import bundle_fingerprint
 from speakerprint.features import FbankConfig
 from speakerprint.inference import SpeakerEncoder
 from speakerprint.models import create_model
-from speakerprint.models.bundle import Threshold, load_bundle, save_bundle
+from speakerprint.models.bundle import Threshold, load_bundle, model_fingerprint, save_bundle
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +211,9 @@ def test_embed_file_with_vad_windows_only_speech(tmp_path, wav_files):
     assert len(nothing) == 0 and nothing.embeddings.shape == (0, 24)
 
 
-def test_fingerprint_is_the_bundle_fingerprint(tmp_path):
+def test_fingerprint_is_the_model_fingerprint(tmp_path):
     enc = _small_encoder(tmp_path)
-    assert enc.fingerprint == bundle_fingerprint(tmp_path / "b")
+    assert enc.fingerprint == model_fingerprint(tmp_path / "b")
     other = save_bundle(
         tmp_path / "c",
         create_model("ecapa_tdnn", channels=32, mfa_channels=96, embed_dim=24),
@@ -324,3 +323,22 @@ def test_compiled_encoder_embeds_as_eager_at_any_length(tmp_path, wav_files):
     np.testing.assert_allclose(
         compiled.embed_batch(wavs), eager.embed_batch(wavs), rtol=0, atol=1e-5
     )
+
+
+def test_decision_threshold_is_given_else_measured_and_always_finite(tmp_path):
+    measured = save_bundle(
+        tmp_path / "m", _small_model(), FbankConfig(), threshold=Threshold(0.25, "eer", "dev")
+    )
+    bundle = load_bundle(measured)
+    assert bundle.decision_threshold(None) == (0.25, "eer on dev")
+    assert bundle.decision_threshold(0.5) == (0.5, "given")
+    assert bundle.decision_threshold(np.float32(-1.0)) == (-1.0, "given")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ConfigError, match="finite"):
+            bundle.decision_threshold(bad)
+        with pytest.raises(ConfigError, match="finite"):  # before any audio is read
+            SpeakerEncoder(bundle).verify("missing.wav", "missing.wav", threshold=bad)
+    unmeasured = load_bundle(save_bundle(tmp_path / "u", _small_model(), FbankConfig()))
+    with pytest.raises(BundleError, match="no measured threshold"):
+        unmeasured.decision_threshold(None)
+    assert unmeasured.decision_threshold(0.1) == (0.1, "given")

@@ -1,15 +1,28 @@
 """The enrollment store: SQLite bookkeeping on synthetic embeddings, then identification of real
 speakers with the shipped model."""
 
+import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import speakerprint
 from speakerprint.audio import load_audio
+from speakerprint.features import FbankConfig
 from speakerprint.inference import SpeakerEncoder, default_model_path
-from speakerprint.inference.store import SCHEMA_VERSION, EnrollmentStore, StoreError
+from speakerprint.inference.store import (
+    SCHEMA_VERSION,
+    BaseEnrollmentStore,
+    EnrollmentStore,
+    StoreError,
+    open_store,
+)
+from speakerprint.models import create_model
+from speakerprint.models.bundle import save_bundle
 
 FP = "a" * 64
 OTHER_FP = "b" * 64
@@ -211,3 +224,114 @@ def test_identifies_real_speakers_with_the_shipped_model(tmp_path, shared_data):
         best = result.candidates[0][0]
         assert result.score < np.mean(own_scores[best]), (path, result, own_scores[best])
     store.close()
+
+
+# -- the model's identity across releases --------------------------------------------------------
+
+
+def _bundle(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = create_model("ecapa_tdnn", channels=32, mfa_channels=96, embed_dim=24)
+    return save_bundle(path, model, FbankConfig())
+
+
+def _fingerprint_of_0_1_0(bundle: Path) -> str:
+    """What speakerprint 0.1.0 recorded as a store's model (its eval.cache.bundle_fingerprint,
+    which hashed the version in), written out here so the test holds the stores it made."""
+    config = json.loads((bundle / "config.json").read_text())
+    described = {
+        "speakerprint_version": "0.1.0",
+        "model": config["model"],
+        "features": config["features"],
+        "sample_rate": config["sample_rate"],
+    }
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    digest.update((bundle / "model.safetensors").read_bytes())
+    return digest.hexdigest()
+
+
+def _recorded_fingerprint(db: Path) -> str:
+    with sqlite3.connect(db) as raw:
+        (value,) = raw.execute("SELECT value FROM meta WHERE key = 'model_fingerprint'").fetchone()
+    return value
+
+
+def test_a_store_opens_under_another_release_with_the_same_weights(tmp_path, monkeypatch):
+    bundle, other = _bundle(tmp_path / "b", 0), _bundle(tmp_path / "other", 1)
+    db = tmp_path / "s.db"
+    monkeypatch.setattr(speakerprint, "__version__", "0.2.0")
+    enc = SpeakerEncoder.from_pretrained(bundle)
+    with open_store(db, model_fingerprint=enc.fingerprint, embed_dim=24, create=True) as store:
+        store.enroll("ann", np.ones(24), model_fingerprint=enc.fingerprint)
+
+    monkeypatch.setattr(speakerprint, "__version__", "0.3.0")
+    upgraded = SpeakerEncoder.from_pretrained(bundle)  # its fingerprint computed afresh
+    assert upgraded.fingerprint == enc.fingerprint
+    with open_store(db, model_fingerprint=upgraded.fingerprint) as store:
+        assert [e.name for e in store.speakers()] == ["ann"]
+    # Other weights are still another model, under any release.
+    stranger = SpeakerEncoder.from_pretrained(other)
+    with pytest.raises(StoreError, match="another model"):
+        open_store(
+            db,
+            model_fingerprint=stranger.fingerprint,
+            legacy_fingerprints=stranger.legacy_fingerprints,
+        )
+
+
+def test_a_store_made_by_0_1_0_is_migrated_not_orphaned(tmp_path):
+    bundle, other = _bundle(tmp_path / "b", 0), _bundle(tmp_path / "other", 1)
+    db = tmp_path / "s.db"
+    old = _fingerprint_of_0_1_0(bundle)
+    with EnrollmentStore.open(db, model_fingerprint=old, embed_dim=24, create=True) as store:
+        store.enroll("ann", np.ones((2, 24)), sources=["a1", "a2"], model_fingerprint=old)
+    enc = SpeakerEncoder.from_pretrained(bundle)
+    assert enc.fingerprint != old and enc.legacy_fingerprints == [old]
+
+    # Without the legacy fingerprints the store looks like another model's (the bug).
+    with pytest.raises(StoreError, match="another model"):
+        open_store(db, model_fingerprint=enc.fingerprint)
+    # Another model's legacy fingerprints do not adopt it, and change nothing.
+    stranger = SpeakerEncoder.from_pretrained(other)
+    with pytest.raises(StoreError, match="another model"):
+        open_store(
+            db,
+            model_fingerprint=stranger.fingerprint,
+            legacy_fingerprints=stranger.legacy_fingerprints,
+        )
+    assert _recorded_fingerprint(db) == old
+
+    with open_store(
+        db, model_fingerprint=enc.fingerprint, legacy_fingerprints=enc.legacy_fingerprints
+    ) as store:
+        assert store.model_fingerprint == enc.fingerprint
+        assert [(e.name, e.num_embeddings) for e in store.speakers()] == [("ann", 2)]
+        store.identify(np.ones(24), threshold=0.5, model_fingerprint=enc.fingerprint)
+    assert _recorded_fingerprint(db) == enc.fingerprint  # rewritten on disk, once
+    with open_store(db, model_fingerprint=enc.fingerprint) as store:
+        assert isinstance(store, BaseEnrollmentStore)
+
+    # A store opened without a model migrates when the model is checked against it.
+    second = tmp_path / "second.db"
+    EnrollmentStore.open(second, model_fingerprint=old, embed_dim=24, create=True).close()
+    with open_store(second) as store:
+        store.check_model(enc.fingerprint, enc.legacy_fingerprints)
+        assert store.model_fingerprint == enc.fingerprint
+    assert _recorded_fingerprint(second) == enc.fingerprint
+
+
+def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
+    bundle = _bundle(tmp_path / "b", 0)
+    db = tmp_path / "s.db"
+    old = _fingerprint_of_0_1_0(bundle)
+    EnrollmentStore.open(db, model_fingerprint=old, embed_dim=24, create=True).close()
+    enc = SpeakerEncoder.from_pretrained(bundle)
+    raw = sqlite3.connect(db)
+    raw.execute(
+        "CREATE TRIGGER no_rewrite BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    raw.commit()
+    raw.close()
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        open_store(db, model_fingerprint=enc.fingerprint, legacy_fingerprints=[old])
+    assert _recorded_fingerprint(db) == old

@@ -22,12 +22,13 @@ from typer.testing import CliRunner
 
 from speakerprint.inference.store import (
     EnrollmentStore,
+    PgEnrollmentStore,
     StoreError,
     is_store_url,
     open_store,
+    redact_url,
     store_exists,
 )
-from speakerprint.inference.store_pg import PgEnrollmentStore, redact_url
 
 FP = "a" * 64
 OTHER_FP = "b" * 64
@@ -203,6 +204,18 @@ def test_enroll_list_and_persist(pg_url):
             store.remove("ann")
         with pytest.raises(StoreError, match="no speaker 'ann'"):
             store.embeddings("ann")
+
+
+def test_a_legacy_fingerprint_is_rewritten_in_one_transaction(pg_url):
+    _store(pg_url).close()  # recorded FP, as a release that hashed its version in would have
+    with pytest.raises(StoreError, match="another model"):
+        open_store(pg_url, model_fingerprint=OTHER_FP, legacy_fingerprints=["c" * 64])
+    with open_store(pg_url, model_fingerprint=FP) as store:
+        assert store.model_fingerprint == FP  # unchanged by the refused open
+    with open_store(pg_url, model_fingerprint=OTHER_FP, legacy_fingerprints=[FP]) as store:
+        assert store.model_fingerprint == OTHER_FP
+    with open_store(pg_url) as store:
+        assert store.model_fingerprint == OTHER_FP  # rewritten in the database
 
 
 def test_schema_has_the_vector_column_and_hnsw_index(pg_url):

@@ -5,7 +5,9 @@ so that the limit cases stay small); real speechocean762 recordings as uploads.
 """
 
 import io
+import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -288,6 +290,14 @@ def test_a_store_of_another_model_is_refused_at_startup(tmp_path, encoder):
     EnrollmentStore.open(db, model_fingerprint="b" * 64, embed_dim=32, create=True).close()
     with pytest.raises(StoreError, match="another model"):
         create_app(model=encoder, store=db)
+    # A store an older release made for these weights (its fingerprint hashed the version in)
+    # is migrated at startup, not refused.
+    legacy = tmp_path / "legacy.db"
+    (old,) = encoder.legacy_fingerprints
+    EnrollmentStore.open(legacy, model_fingerprint=old, embed_dim=32, create=True).close()
+    create_app(model=encoder, store=legacy)
+    with EnrollmentStore.open(legacy) as store:
+        assert store.model_fingerprint == encoder.fingerprint != old
 
 
 def test_without_a_store_or_speakers(tmp_path, encoder, speech):
@@ -302,3 +312,79 @@ def test_without_a_store_or_speakers(tmp_path, encoder, speech):
         r = c.post("/identify", files=[_file(wav)])
         assert r.status_code == 409 and r.json()["error"] == "no_speakers", r.text
         assert c.get("/speakers").json()["count"] == 0
+
+
+def test_endpoints_answer_what_the_cli_prints(tmp_path, tiny_bundle, speech):
+    """/verify and /identify give the JSON of ``verify --json`` and ``identify --json`` for the
+    same files and model (a calibrated one, so verify's llr is in both), plus the decision in
+    words; a threshold of NaN is one line and exit 2 in the CLI and a 422 over HTTP. (embed has
+    no --json: the CLI writes embedding files.)"""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from speakerprint.cli.main import app as cli
+    from speakerprint.eval.calibration import Calibration
+    from speakerprint.models.bundle import Threshold, set_bundle_decision
+
+    bundle = tmp_path / "calibrated"
+    shutil.copytree(tiny_bundle, bundle)
+    set_bundle_decision(
+        bundle, Threshold(0.4, "eer", "test trials"), Calibration(8.0, -3.0).to_dict()
+    )
+    (ann, ann_files), (bob, bob_files) = speech.items()
+    db = str(tmp_path / "speakers.db")
+    runner = CliRunner()
+    for name, files in ((ann, ann_files[:2]), (bob, bob_files[:2])):
+        result = runner.invoke(cli, ["enroll", db, name, *files, "--model", str(bundle)])
+        assert result.exit_code == 0, result.output
+
+    def upload(path, field):  # the path as the file name, as the CLI prints it
+        with open(path, "rb") as f:
+            return (field, (path, f.read(), "audio/ogg"))
+
+    def cli_json(*args):
+        result = runner.invoke(cli, [*args, "--model", str(bundle), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    with TestClient(create_app(model=bundle, store=db)) as c:
+        for a, b, threshold in (
+            (ann_files[2], ann_files[3], None),
+            (ann_files[2], bob_files[3], None),
+            (ann_files[2], bob_files[3], "-0.5"),
+        ):
+            given = {} if threshold is None else {"threshold": threshold}
+            r = c.post("/verify", files=[upload(a, "a"), upload(b, "b")], data=given)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            decision = body.pop("decision")
+            expected = cli_json("verify", a, b, *(["--threshold", threshold] if threshold else []))
+            assert body == expected
+            assert body["llr"] == pytest.approx(8.0 * body["score"] - 3.0)
+            assert decision == ("same speaker" if body["same_speaker"] else "different speakers")
+
+            r = c.post("/identify", files=[upload(a, "audio")], data={"top_k": "2", **given})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            decision = body.pop("decision")
+            expected = cli_json(
+                "identify",
+                db,
+                a,
+                "--top-k",
+                "2",
+                *(["--threshold", threshold] if threshold else []),
+            )
+            assert body == expected
+            assert decision == (body["speaker"] if body["known"] else "unknown")
+
+        r = c.post(
+            "/verify",
+            files=[upload(ann_files[2], "a"), upload(ann_files[3], "b")],
+            data={"threshold": "nan"},
+        )
+        assert r.status_code == 422 and r.json()["field"] == "threshold", r.text
+    for command in (["verify", ann_files[2], ann_files[3]], ["identify", db, ann_files[2]]):
+        result = runner.invoke(cli, [*command, "--model", str(bundle), "--threshold", "nan"])
+        assert result.exit_code == 2, result.output
+        assert "finite" in result.output and len(result.output.strip().splitlines()) == 1

@@ -378,11 +378,8 @@ def verify(
 ) -> None:
     """Decide whether two recordings share a speaker (recordings over a minute are embedded
     from streamed windows, so their length does not decide the memory)."""
-    from speakerprint.errors import ConfigError
     from speakerprint.inference.extract import verify_recordings
 
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     result = verify_recordings(_encoder(model), a, b, threshold=threshold)
     if json_:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))

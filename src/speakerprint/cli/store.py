@@ -1,7 +1,9 @@
 """Enrollment store commands: enroll, identify, speakers, remove (see speakerprint.inference.store).
 
-DB is an SQLite file or a ``postgresql://`` / ``postgres://`` URL (speakerprint.inference.store_pg);
-it stays a string, since a Path would fold the URL's "//".
+DB is an SQLite file or a ``postgresql://`` / ``postgres://`` URL
+(speakerprint.inference.store.postgres); it stays a string, since a Path would fold the URL's "//".
+A store made by an older release for the same weights is migrated when a command opens it with
+the model (enroll, identify).
 """
 
 from __future__ import annotations
@@ -20,13 +22,9 @@ _DB_HELP = "Enrollment store: an SQLite file or a postgresql:// URL"
 
 def _shown(db: str) -> str:
     """``db`` as printed: a URL without its password."""
-    from speakerprint.inference.store import is_store_url
+    from speakerprint.inference.store import is_store_url, redact_url
 
-    if not is_store_url(db):
-        return db
-    from speakerprint.inference.store_pg import redact_url
-
-    return redact_url(db)
+    return redact_url(db) if is_store_url(db) else db
 
 
 def _store_model(db: str | Path, model: Path | None) -> Path | None:
@@ -62,6 +60,7 @@ def enroll(
         embed_dim=enc.embed_dim,
         model_path=str(enc.path.resolve()) if enc.path is not None else None,
         create=True,
+        legacy_fingerprints=enc.legacy_fingerprints,
     ) as store:
         total = store.enroll(
             name, embeddings, sources=[str(f) for f in files], model_fingerprint=enc.fingerprint
@@ -83,7 +82,7 @@ def identify(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Say which enrolled speaker a recording is, or "unknown" when none scores high enough."""
-    from speakerprint.errors import BundleError, ConfigError
+    from speakerprint.errors import ConfigError
     from speakerprint.inference import SpeakerEncoder
     from speakerprint.inference.store import open_store
 
@@ -91,14 +90,8 @@ def identify(
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     with open_store(db) as store:
         enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
-        store.check_model(enc.fingerprint)
-        if threshold is None:
-            measured = enc.bundle.threshold
-            if measured is None:
-                raise BundleError("the model has no measured threshold: pass --threshold")
-            threshold, source = measured.value, f"{measured.method} on {measured.measured_on}"
-        else:
-            source = "given"
+        store.check_model(enc.fingerprint, enc.legacy_fingerprints)
+        threshold, source = enc.bundle.decision_threshold(threshold)
         result = store.identify(
             enc.embed(file), threshold=threshold, model_fingerprint=enc.fingerprint, top_k=top_k
         )

@@ -1,16 +1,17 @@
 """An on-disk cache of embeddings, so that re-scoring a trial list never re-embeds its audio.
 
-One ``.npz`` file per (bundle, test condition) in a cache folder, named
-``<bundle fingerprint[:16]>_<condition key>.npz``. The bundle fingerprint hashes what decides an
-embedding: the weights file, the architecture and feature settings of ``config.json``, and the
-speakerprint version (a new version may compute features differently). Each entry is keyed by
+One ``.npz`` file per (model, speakerprint version, test condition) in a cache folder, named
+``<model fingerprint[:16]>_<version>_<condition key>.npz``. The model fingerprint
+(:func:`~speakerprint.models.bundle.model_fingerprint`) hashes the weights file and the
+architecture and feature settings of ``config.json``; the version is part of the key because a
+new version may compute features differently. Each entry is keyed by
 ``utt_id`` and checked against the utterance's ``path`` and ``duration_s``: an entry for a file
 that moved or changed length is embedded again, never reused.
 
 Files are written atomically, so a crash never leaves half a file. A file that cannot be read,
 or that was written for another bundle or condition, is ignored with a warning and rewritten.
 
->>> cache = EmbeddingCache("runs/cache", bundle_fingerprint("bundle"))  # doctest: +SKIP
+>>> cache = EmbeddingCache("runs/cache", model_fingerprint("bundle"))  # doctest: +SKIP
 >>> lookup = cache.get_or_compute(Condition(), utts, lambda todo: embed_condition(b, todo))
 ...     # doctest: +SKIP
 >>> lookup.num_computed, lookup.num_cached  # doctest: +SKIP
@@ -19,11 +20,11 @@ or that was written for another bundle or condition, is ignored with a warning a
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,10 +34,10 @@ import numpy as np
 
 from speakerprint.data.manifest import Utterance
 from speakerprint.eval.conditions import Condition
-from speakerprint.models.bundle import WEIGHTS_FILE, read_bundle_config
+from speakerprint.models.bundle import model_fingerprint
 from speakerprint.utils.io import atomic_write_bytes
 
-__all__ = ["CachedEmbeddings", "EmbeddingCache", "bundle_fingerprint"]
+__all__ = ["CachedEmbeddings", "EmbeddingCache", "bundle_fingerprint", "model_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +46,14 @@ CACHE_VERSION = 1
 _ARRAYS = ("meta", "utt_ids", "paths", "durations", "embeddings")
 
 
-def bundle_fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a bundle's weights file, its model and feature config, and the version.
+#: The model fingerprint, under the name callers of this module have used
+#: (:func:`speakerprint.models.bundle.model_fingerprint`).
+bundle_fingerprint = model_fingerprint
 
-    The threshold and free-text info in ``config.json`` are left out: re-measuring a threshold
-    does not change an embedding.
 
-    Raises:
-        BundleError: the folder is not a readable bundle.
-    """
-    from speakerprint import __version__
-    from speakerprint.errors import BundleError
-
-    path = Path(path)
-    config = read_bundle_config(path)
-    described = {
-        "speakerprint_version": __version__,
-        "model": config.get("model"),
-        "features": config.get("features"),
-        "sample_rate": config.get("sample_rate"),
-    }
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
-    try:
-        with open(path / WEIGHTS_FILE, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise BundleError(f"model bundle {path}: {WEIGHTS_FILE} is missing") from None
-    return digest.hexdigest()
+def _version_tag(version: str) -> str:
+    """``version`` as a file-name part: PEP 440 allows "+" and "!", file systems may not."""
+    return re.sub(r"[^A-Za-z0-9.]", "-", version)
 
 
 @dataclass(frozen=True)
@@ -95,26 +76,38 @@ class CachedEmbeddings:
 class EmbeddingCache:
     """A folder of embedding files for one bundle, one file per test condition.
 
+    Files are keyed on (model fingerprint, speakerprint version): another model or another
+    version never reads them.
+
     Args:
-        folder: the cache folder; created on the first write. Several bundles can share it.
-        fingerprint: :func:`bundle_fingerprint` of the bundle whose embeddings go here. The
-            caller must embed with that same bundle.
+        folder: the cache folder; created on the first write. Several bundles and versions can
+            share it.
+        fingerprint: :func:`~speakerprint.models.bundle.model_fingerprint` of the bundle whose
+            embeddings go here. The caller must embed with that same bundle.
+        version: the speakerprint version that embeds (default: this one).
     """
 
-    def __init__(self, folder: str | os.PathLike, fingerprint: str) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, fingerprint: str, *, version: str | None = None
+    ) -> None:
         if not fingerprint or not all(c in "0123456789abcdef" for c in fingerprint):
             raise ValueError(f"fingerprint must be a hex digest, got {fingerprint!r}")
+        if version is None:
+            from speakerprint import __version__ as version
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.version = version
 
     def path_for(self, condition: Condition) -> Path:
-        return self.folder / f"{self.fingerprint[:16]}_{condition.key()}.npz"
+        name = f"{self.fingerprint[:16]}_{_version_tag(self.version)}_{condition.key()}.npz"
+        return self.folder / name
 
     def _meta(self, condition: Condition) -> dict[str, object]:
         return {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
             "bundle_fingerprint": self.fingerprint,
+            "speakerprint_version": self.version,
             "condition": condition.key(),
         }
 

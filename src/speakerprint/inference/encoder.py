@@ -18,7 +18,12 @@ import torch
 from speakerprint.audio import load_audio, resample, stream_audio
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.inference.result import VerificationResult, cosine_score
-from speakerprint.models.bundle import Bundle, load_bundle
+from speakerprint.models.bundle import (
+    Bundle,
+    legacy_model_fingerprints,
+    load_bundle,
+    model_fingerprint,
+)
 from speakerprint.utils.memory import release_free_heap
 
 #: The model that ships with the package (see README: ECAPA-TDNN C=512 trained on the 100 training
@@ -68,6 +73,7 @@ class SpeakerEncoder:
         #: The bundle folder this encoder was loaded from (None when built from a Bundle object).
         self.path = None if path is None else Path(path)
         self._fingerprint: str | None = None
+        self._legacy_fingerprints: list[str] | None = None
         bundle.encoder.eval()
         bundle.fbank.eval()
         if compile:
@@ -109,18 +115,30 @@ class SpeakerEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the bundle's weights and model config (:func:`bundle_fingerprint`): two
-        encoders with the same fingerprint give the same embeddings, so stores can check it."""
+        """SHA-256 of the bundle's weights and model config
+        (:func:`~speakerprint.models.bundle.model_fingerprint`, the same under every release):
+        two encoders with the same fingerprint give the same embeddings, so stores check it."""
         if self._fingerprint is None:
-            if self.path is None:
-                raise BundleError(
-                    "this encoder was built from a Bundle object, not loaded from a folder, so "
-                    "it has no fingerprint: load it with SpeakerEncoder.from_pretrained(path)"
-                )
-            from speakerprint.eval.cache import bundle_fingerprint
-
-            self._fingerprint = bundle_fingerprint(self.path)
+            self._fingerprint = model_fingerprint(self._bundle_folder())
         return self._fingerprint
+
+    @property
+    def legacy_fingerprints(self) -> list[str]:
+        """The fingerprints older releases gave this bundle
+        (:func:`~speakerprint.models.bundle.legacy_model_fingerprints`): pass them to
+        :func:`~speakerprint.inference.store.open_store` so that a store those releases made is
+        migrated to :attr:`fingerprint`, not refused."""
+        if self._legacy_fingerprints is None:
+            self._legacy_fingerprints = legacy_model_fingerprints(self._bundle_folder())
+        return self._legacy_fingerprints
+
+    def _bundle_folder(self) -> Path:
+        if self.path is None:
+            raise BundleError(
+                "this encoder was built from a Bundle object, not loaded from a folder, so "
+                "it has no fingerprint: load it with SpeakerEncoder.from_pretrained(path)"
+            )
+        return self.path
 
     def _waveform(self, audio: AudioInput, sample_rate: int | None) -> np.ndarray:
         if isinstance(audio, (str, os.PathLike)):
@@ -319,9 +337,17 @@ class SpeakerEncoder:
         """Decide whether two recordings share a speaker.
 
         The threshold is the one measured when the bundle was trained or calibrated (stated in
-        ``threshold_source``) unless one is given. A bundle with a score calibration
-        (``speakerprint calibrate``) also gives the score as a log-likelihood ratio, ``llr``.
+        ``threshold_source``) unless one is given (:meth:`Bundle.decision_threshold`). A bundle
+        with a score calibration (``speakerprint calibrate``) also gives the score as a
+        log-likelihood ratio, ``llr``.
+
+        Raises:
+            ConfigError: a threshold that is not a finite number.
+            BundleError: no threshold given and none measured, or an unreadable calibration.
         """
+        self.bundle.decision_threshold(
+            threshold
+        )  # a bad or missing threshold fails before embedding
         return self.verify_embeddings(
             self.embed(a, sample_rate), self.embed(b, sample_rate), threshold=threshold
         )
@@ -331,13 +357,7 @@ class SpeakerEncoder:
     ) -> VerificationResult:
         """:meth:`verify`'s decision for two embeddings (D,) already computed, e.g. of long
         files embedded by :func:`speakerprint.inference.extract.embed_recording`."""
-        if threshold is None:
-            measured = self.bundle.threshold
-            if measured is None:
-                raise BundleError("this bundle has no measured threshold: pass threshold=...")
-            threshold, source = measured.value, f"{measured.method} on {measured.measured_on}"
-        else:
-            source = "given"
+        threshold, source = self.bundle.decision_threshold(threshold)
         score = cosine_score(emb_a, emb_b)
         llr = None
         if self.bundle.calibration is not None:

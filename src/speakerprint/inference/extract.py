@@ -216,6 +216,7 @@ def verify_recordings(
     threshold: float | None = None,
 ) -> VerificationResult:
     """:meth:`SpeakerEncoder.verify` of two files, each embedded by :func:`embed_recording`."""
+    enc.bundle.decision_threshold(threshold)  # a bad or missing threshold fails before embedding
     return enc.verify_embeddings(
         embed_recording(enc, a), embed_recording(enc, b), threshold=threshold
     )

@@ -8,7 +8,9 @@ tensor is an error, never a silently half-loaded model.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from speakerprint.errors import BundleError
+from speakerprint.errors import BundleError, ConfigError
 from speakerprint.features import Fbank, FbankConfig, frontend_from_dict
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
@@ -27,6 +29,9 @@ BUNDLE_FORMAT = "speakerprint-bundle"
 BUNDLE_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: The releases whose enrollment stores recorded a fingerprint that hashed the speakerprint
+#: version in (:func:`legacy_model_fingerprints`). No later release joins this list.
+LEGACY_FINGERPRINT_VERSIONS = ("0.1.0",)
 
 
 @dataclass
@@ -65,6 +70,31 @@ class Bundle:
     @property
     def sample_rate(self) -> int:
         return self.fbank.config.sample_rate
+
+    def decision_threshold(self, given: float | None = None) -> tuple[float, str]:
+        """The cosine threshold of a same-speaker decision and where it comes from.
+
+        ``given`` wins (source ``"given"``); else the threshold measured when the bundle was
+        trained or calibrated (source ``"<method> on <data>"``).
+
+        >>> bundle.decision_threshold(None)  # doctest: +SKIP
+        (0.37, 'eer on dev split of speechocean762 (4950 trials)')
+
+        Raises:
+            ConfigError: ``given`` is not a finite number (NaN or infinite).
+            BundleError: nothing is given and the bundle has no measured threshold.
+        """
+        if given is not None:
+            if not math.isfinite(given):
+                raise ConfigError(f"the threshold must be a finite number, got {given}")
+            return float(given), "given"
+        if self.threshold is None:
+            raise BundleError(
+                "the model has no measured threshold: give one (--threshold on the command "
+                "line, threshold= in Python and over HTTP)"
+            )
+        measured = self.threshold
+        return float(measured.value), f"{measured.method} on {measured.measured_on}"
 
     @property
     def min_samples(self) -> int:
@@ -229,3 +259,57 @@ def set_bundle_decision(
     config["threshold"] = vars(threshold).copy()
     config["calibration"] = calibration
     atomic_write_text(path / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of what decides a bundle's embeddings: its weights file and the architecture,
+    feature settings and sample rate of its ``config.json``.
+
+    It is the model's identity: enrollment stores record it and refuse another model's
+    embeddings, export sidecars record it, and the embedding cache keys on it (with the
+    speakerprint version). The threshold, calibration and free-text info are left out, and so is
+    the speakerprint version: re-measuring a threshold or upgrading speakerprint does not change
+    the model.
+
+    >>> model_fingerprint("runs/x/bundle")[:16]  # doctest: +SKIP
+    '3f0c9a4e2b7d1c55'
+
+    Raises:
+        BundleError: the folder is not a readable bundle, or its weights file is missing.
+    """
+    return _fingerprint(Path(path), {})
+
+
+def legacy_model_fingerprints(path: str | os.PathLike) -> list[str]:
+    """The fingerprints that releases in :data:`LEGACY_FINGERPRINT_VERSIONS` gave this bundle.
+
+    Those releases hashed their own version in, so every upgrade made a store refuse unchanged
+    weights; an enrollment store that recorded one of these is rewritten to
+    :func:`model_fingerprint` when opened with this bundle (never orphaned).
+
+    Raises:
+        BundleError: the folder is not a readable bundle, or its weights file is missing.
+    """
+    path = Path(path)
+    return [
+        _fingerprint(path, {"speakerprint_version": version})
+        for version in LEGACY_FINGERPRINT_VERSIONS
+    ]
+
+
+def _fingerprint(path: Path, extra: dict[str, str]) -> str:
+    config = read_bundle_config(path)
+    described = {
+        **extra,
+        "model": config.get("model"),
+        "features": config.get("features"),
+        "sample_rate": config.get("sample_rate"),
+    }
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    try:
+        with open(path / WEIGHTS_FILE, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise BundleError(f"model bundle {path}: {WEIGHTS_FILE} is missing") from None
+    return digest.hexdigest()

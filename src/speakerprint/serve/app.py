@@ -5,15 +5,18 @@ Endpoints (JSON responses; uploads are ``multipart/form-data`` file fields):
 - ``GET /health``: the model (fingerprint, embedding size, sample rate, threshold), the store and
   the limits. The only endpoint that never needs the API key.
 - ``POST /embed``: ``audio`` -> the embedding (a list of ``embed_dim`` floats) and the duration.
-- ``POST /verify``: ``a``, ``b`` (and an optional ``threshold``) -> score, threshold, decision,
-  as ``speakerprint verify --json`` prints them.
+- ``POST /verify``: ``a``, ``b`` (and an optional ``threshold``) -> what
+  ``speakerprint verify --json`` prints (score, threshold, same_speaker, threshold_source, and
+  ``llr`` for a calibrated model), from :meth:`SpeakerEncoder.verify` on the decoded uploads,
+  plus the ``decision`` in words.
 - ``POST /enroll``: ``name`` and one or more ``audio`` fields -> the speaker's new total.
 - ``POST /identify``: ``audio`` (``top_k``, optional ``threshold``) -> ranked speakers, the
   decision being the best one or ``"unknown"`` below the threshold.
 - ``GET /speakers``, ``DELETE /speakers/{name}``.
 
 The enrollment endpoints mirror ``speakerprint enroll / identify / speakers / remove`` on an
-:class:`~speakerprint.inference.store.EnrollmentStore` made for the served model.
+:func:`~speakerprint.inference.store.open_store` store made for the served model (a store made
+by an older release for the same weights is migrated at startup).
 
 Errors are JSON ``{"error": code, "detail": message, "field": ..., "filename": ...}``:
 401 missing or wrong ``X-API-Key``; 413 an upload over ``max_upload_mb`` (counted as the body
@@ -369,8 +372,9 @@ def create_app(
     from starlette.exceptions import HTTPException
 
     from speakerprint import __version__
+    from speakerprint.errors import BundleError
     from speakerprint.inference import SpeakerEncoder
-    from speakerprint.inference.store import StoreError, is_store_url
+    from speakerprint.inference.store import StoreError, is_store_url, redact_url
     from speakerprint.inference.store import open_store as open_enrollment_store
 
     limits = ServeLimits(
@@ -384,8 +388,6 @@ def create_app(
     encoder = model if isinstance(model, SpeakerEncoder) else SpeakerEncoder.from_pretrained(model)
     fingerprint = encoder.fingerprint
     if store is not None and is_store_url(store):
-        from speakerprint.inference.store_pg import redact_url
-
         store_path, store_name = store, redact_url(store)  # a Path would fold the URL's "//"
     else:
         store_path = None if store is None else Path(store)
@@ -399,10 +401,13 @@ def create_app(
             embed_dim=encoder.embed_dim,
             model_path=model_path,
             create=True,
+            legacy_fingerprints=encoder.legacy_fingerprints,  # computed once, then cached
         )
 
     if store_path is not None:
-        open_store().close()  # fail now, not on the first request, if it is another model's
+        # Fail now, not on the first request, if it is another model's; migrate it now if an
+        # older release made it for these weights.
+        open_store().close()
 
     model_lock = threading.Lock()
     limiters: list[CapacityLimiter] = []  # made in the event loop (anyio 3 needs one running)
@@ -416,25 +421,14 @@ def create_app(
             limiters.append(CapacityLimiter(limits.inference_threads))
         return await to_thread.run_sync(fn, *args, limiter=limiters[0])
 
-    def measured_threshold(given: float | None) -> tuple[float, str]:
-        if given is not None:
-            if not math.isfinite(given):
-                raise ApiError(
-                    422,
-                    "invalid_field",
-                    f"threshold must be a finite number, got {given}",
-                    field="threshold",
-                )
-            return float(given), "given"
-        measured = encoder.bundle.threshold
-        if measured is None:
-            raise ApiError(
-                422,
-                "no_threshold",
-                "the model has no measured threshold: send threshold=...",
-                field="threshold",
-            )
-        return measured.value, f"{measured.method} on {measured.measured_on}"
+    def decision_threshold(given: float | None) -> tuple[float, str]:
+        """:meth:`Bundle.decision_threshold`, its errors as 422s naming the field."""
+        try:
+            return encoder.bundle.decision_threshold(given)
+        except ConfigError as e:
+            raise ApiError(422, "invalid_field", str(e), field="threshold") from None
+        except BundleError as e:
+            raise ApiError(422, "no_threshold", str(e), field="threshold") from None
 
     def require_store() -> None:
         if store_path is None:
@@ -505,7 +499,10 @@ def create_app(
 
     @application.get("/health")
     async def health() -> dict:
-        threshold = encoder.bundle.threshold
+        try:
+            threshold, source = encoder.bundle.decision_threshold()
+        except BundleError:  # no measured threshold
+            threshold = source = None
         return {
             "status": "ok",
             "version": __version__,
@@ -513,10 +510,8 @@ def create_app(
             "model_fingerprint": fingerprint,
             "embed_dim": encoder.embed_dim,
             "sample_rate": encoder.sample_rate,
-            "threshold": None if threshold is None else threshold.value,
-            "threshold_source": (
-                None if threshold is None else f"{threshold.method} on {threshold.measured_on}"
-            ),
+            "threshold": threshold,
+            "threshold_source": source,
             "store": store_name,
             "api_key_required": api_key is not None,
             "limits": asdict(limits),
@@ -547,17 +542,15 @@ def create_app(
         threshold: Annotated[float | None, Form()] = None,
     ) -> dict:
         _check_uploads([("a", a), ("b", b)], limits)
-        value, source = measured_threshold(threshold)
+        decision_threshold(threshold)  # a bad or missing threshold is refused before decoding
 
         def job():
             wav_a = _decode("a", a, encoder.sample_rate, limits)
             wav_b = _decode("b", b, encoder.sample_rate, limits)
-            return encoder.score(embed(wav_a), embed(wav_b))
+            with model_lock:
+                return encoder.verify(wav_a, wav_b, threshold=threshold)
 
-        score = await in_worker(job)
-        from speakerprint.inference.result import VerificationResult
-
-        result = VerificationResult.decide(score, value, source)
+        result = await in_worker(job)
         return {
             "a": _source_name("a", a),
             "b": _source_name("b", b),
@@ -607,7 +600,7 @@ def create_app(
     ) -> dict:
         require_store()
         _check_uploads([("audio", audio)], limits)
-        value, source = measured_threshold(threshold)
+        value, source = decision_threshold(threshold)
 
         def job():
             with open_store() as s:

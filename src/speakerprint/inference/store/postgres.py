@@ -1,0 +1,419 @@
+"""The enrollment store over PostgreSQL with pgvector, for deployments that outgrow one SQLite file.
+
+Same interface (:class:`~speakerprint.inference.store.base.BaseEnrollmentStore`), same checks and
+same scores as the SQLite :class:`~speakerprint.inference.store.EnrollmentStore`; only the
+location differs: a connection URL (``postgresql://user:pass@host/db``
+or ``postgres://...``, any libpq URL) instead of a path.
+:func:`~speakerprint.inference.store.open_store` picks the back end from its argument, so every
+store command takes either.
+
+Two tables in the database (its ``search_path`` decides the schema; give one with
+``?options=-csearch_path%3Dmyschema`` to keep several stores in one database):
+
+- ``meta``: key/value rows, as in the SQLite store (format, schema version, model fingerprint,
+  embedding size, model path, creation time);
+- ``embeddings``: one row per enrollment recording: ``id``, ``speaker``, ``source`` (the file),
+  ``embedding vector(D)``, ``created_at``.
+
+Identification runs in the server: per speaker, ``AVG(l2_normalize(embedding))``, then the cosine
+distance ``<=>`` to the query, ``ORDER BY`` and ``LIMIT k``; only the k best rows come back. This
+is the SQLite store's computation (the normalised mean of normalised embeddings, scored by cosine),
+so both stores give the same scores to within float32 rounding. It reads every embedding once
+(a sequential scan and a hash aggregate): the HNSW index on ``embeddings`` (``vector_cosine_ops``)
+cannot rank speaker *means*, it serves :meth:`PgEnrollmentStore.nearest_utterances`, the nearest
+single enrollment recordings, approximately (raise ``hnsw.ef_search`` for more recall).
+
+Every write is one transaction (``BEGIN`` ... ``COMMIT``, rolled back on any error); creating a
+store takes an advisory lock so that two processes creating it at once do not collide. Creating
+a store runs ``CREATE EXTENSION IF NOT EXISTS vector`` when the extension is not there yet, which
+needs pgvector installed on the server and a role allowed to create it (a superuser, once).
+
+psycopg 3 is imported when a store is opened; without it opening raises a StoreError naming
+``pip install 'speakerprint[pg]'``. Vectors travel as text literals (``'[0.1,...]'::vector``)
+and come back as ``real[]``, so no pgvector Python package is needed.
+
+>>> store = open_store("postgresql://sp@db.example/speakers", model_fingerprint=enc.fingerprint,
+...                    embed_dim=enc.embed_dim, create=True)  # doctest: +SKIP
+>>> store.identify(enc.embed("who.wav"), threshold=0.37, model_fingerprint=enc.fingerprint)
+... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from speakerprint.inference.store.base import (
+    BaseEnrollmentStore,
+    Identification,
+    SpeakerEntry,
+    StoreError,
+    is_store_url,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["INSTALL_HINT", "PgEnrollmentStore", "redact_url"]
+
+INSTALL_HINT = "pip install 'speakerprint[pg]'"
+
+# pgvector's limits: a vector column holds at most 16000 dimensions, an HNSW index 2000.
+_MAX_DIM = 16000
+_MAX_INDEXED_DIM = 2000
+# Serialises store creation across processes (pg_advisory_xact_lock takes a bigint).
+_CREATE_LOCK = 0x5350_4B52_5354  # "SPKRST"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE embeddings (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    speaker TEXT COLLATE "C" NOT NULL,
+    source TEXT,
+    embedding vector({dim}) NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX embeddings_by_speaker ON embeddings (speaker);
+"""
+# Byte order ("C") for speaker names, so that lists and ties sort as in the SQLite store.
+_HNSW_INDEX = "CREATE INDEX embeddings_hnsw ON embeddings USING hnsw (embedding vector_cosine_ops)"
+
+# The speaker mean's cosine with the query; a zero mean (or query) gives NaN in pgvector and
+# score 0 in the SQLite store (whose normalisation divides by max(norm, 1e-12)): 0 here too.
+_SCORE = "1 - COALESCE(NULLIF(AVG(l2_normalize(embedding)) <=> %(query)s::vector, 'NaN'), 1)"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, in the user part or a ``password=`` parameter, shown as ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    user, at, hosts = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.split(':', 1)[0]}:***@{hosts}"
+    tail = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", tail)
+    return f"{scheme}{sep}{netloc}{tail}"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _import_psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(f"PostgreSQL enrollment stores need psycopg 3: {INSTALL_HINT}") from None
+    return psycopg
+
+
+def _vector_literal(vector: np.ndarray) -> str:
+    """pgvector's text form of a float32 vector; repr() of each value reads back exactly."""
+    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+
+
+def _connect(url: str) -> psycopg.Connection:
+    """An autocommit connection (each write opens its own transaction), or a StoreError that
+    names the URL without its password and the reason."""
+    psycopg = _import_psycopg()
+    where = redact_url(url)
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as e:
+        raise StoreError(f"enrollment store {where}: bad connection URL: {_one_line(e)}") from None
+    params.setdefault("connect_timeout", 10)
+    params.setdefault("application_name", "speakerprint")
+    try:
+        return psycopg.connect(**params, autocommit=True)
+    except psycopg.Error as e:
+        raise StoreError(f"cannot connect to enrollment store {where}: {_one_line(e)}") from None
+
+
+def _table_exists(conn: psycopg.Connection, name: str) -> bool:
+    (found,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(found)
+
+
+class PgEnrollmentStore(BaseEnrollmentStore):
+    """Enrolled speakers of one model in a PostgreSQL database; open it with :meth:`open`.
+
+    Attributes:
+        url: the connection URL without its password (also ``path``, the name the shared
+            messages and callers of the SQLite store use).
+    """
+
+    def __init__(self, url: str, connection: psycopg.Connection, meta: dict[str, str]) -> None:
+        self.url = redact_url(url)
+        self.path = self.url
+        self._conn = connection
+        self._meta = meta
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        model_fingerprint: str | None = None,
+        embed_dim: int | None = None,
+        model_path: str | None = None,
+        create: bool = False,
+        legacy_fingerprints: Sequence[str] = (),
+    ) -> PgEnrollmentStore:
+        """Open the store in the database ``url`` names; with ``create=True`` make its tables
+        (and the vector extension) when the database has none yet.
+
+        The arguments are :meth:`EnrollmentStore.open`'s, with a URL for the path. The database
+        itself must exist (``createdb``); the store's tables are made in it.
+
+        Raises:
+            StoreError: psycopg missing, a bad URL, a server that cannot be reached or refuses
+                the login, no store in the database (and ``create`` is False), pgvector missing,
+                tables that are not a store's, a newer schema, or another model's store.
+        """
+        if not is_store_url(url):
+            raise StoreError(f"{url!r} is not a postgresql:// or postgres:// URL")
+        if create and (model_fingerprint is None or embed_dim is None):
+            raise ValueError("creating a store needs model_fingerprint and embed_dim")
+        if create and not 1 <= int(embed_dim) <= _MAX_DIM:
+            raise ValueError(f"embed_dim must be between 1 and {_MAX_DIM}, got {embed_dim}")
+        psycopg = _import_psycopg()
+        conn = _connect(url)
+        store = cls(url, conn, {})
+        where = store.url
+        try:
+            with conn.transaction():
+                if create and not _table_exists(conn, "meta"):
+                    # Only creators wait for each other (and then look again).
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
+                if not _table_exists(conn, "meta"):
+                    if not create:
+                        raise StoreError(
+                            f"enrollment store {where} does not exist (the database has no "
+                            "store tables; enroll a speaker first)"
+                        )
+                    if _table_exists(conn, "embeddings"):
+                        raise StoreError(
+                            f"{where} has an embeddings table but no meta table: not an "
+                            "enrollment store (use another database or schema)"
+                        )
+                    store._create(int(embed_dim), model_fingerprint, model_path)
+                store._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except psycopg.OperationalError as e:
+            conn.close()
+            raise StoreError(f"enrollment store {where}: {_one_line(e)}") from None
+        except psycopg.Error as e:
+            conn.close()
+            raise StoreError(
+                f"{where} is not a readable enrollment store: {_one_line(e)}"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        store._check_opened(model_fingerprint, embed_dim, legacy_fingerprints)
+        return store
+
+    def _replace_fingerprint(self, old: str, new: str) -> str:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE meta SET value = %s WHERE key = 'model_fingerprint' AND value = %s",
+                (new, old),
+            )
+            (recorded,) = conn.execute(
+                "SELECT value FROM meta WHERE key = 'model_fingerprint'"
+            ).fetchone()
+        return recorded
+
+    def _create(self, embed_dim: int, model_fingerprint: str, model_path: str | None) -> None:
+        """The extension, tables, indexes and meta rows; inside open()'s transaction."""
+        psycopg = _import_psycopg()
+        conn = self._conn
+        (has_vector,) = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')"
+        ).fetchone()
+        if not has_vector:
+            try:
+                with conn.transaction():  # a savepoint: the reason, not "transaction aborted"
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.Error as e:
+                raise StoreError(
+                    f"cannot create enrollment store {self.url}: CREATE EXTENSION vector failed "
+                    f"({_one_line(e)}): install pgvector on the server (Debian: "
+                    "postgresql-NN-pgvector) and create the extension as a superuser"
+                ) from None
+        for statement in filter(str.strip, _SCHEMA.format(dim=embed_dim).split(";")):
+            conn.execute(statement)
+        if embed_dim <= _MAX_INDEXED_DIM:
+            conn.execute(_HNSW_INDEX)
+        meta = self.new_meta(model_fingerprint, embed_dim, model_path)
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO meta VALUES (%s, %s)", list(meta.items()))
+
+    @classmethod
+    def exists(cls, url: str) -> bool:
+        """Whether the database ``url`` names holds a store's ``meta`` table (checked, not read).
+
+        Raises:
+            StoreError: psycopg missing, a bad URL or a server that cannot be reached.
+        """
+        with contextlib.closing(_connect(url)) as conn:
+            return _table_exists(conn, "meta")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> PgEnrollmentStore:
+        return self
+
+    @contextlib.contextmanager
+    def _lost_connection(self) -> Iterator[None]:
+        """A server gone away mid-command is the user's to fix: a StoreError, not a traceback.
+        Other database errors (a constraint, a trigger) pass as they are, as in the SQLite store."""
+        psycopg = _import_psycopg()
+        try:
+            yield
+        except psycopg.OperationalError as e:
+            raise StoreError(f"enrollment store {self.url}: {_one_line(e)}") from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        with self._lost_connection(), self._conn.transaction():
+            yield self._conn
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        name: str,
+        embeddings: np.ndarray | Sequence[np.ndarray],
+        *,
+        model_fingerprint: str,
+        sources: Sequence[str | None] | None = None,
+    ) -> int:
+        """Add enrollment embeddings (K, D) or (D,) to a speaker, creating the speaker if new.
+
+        Returns the speaker's number of embeddings afterwards. All K are added or none.
+
+        Raises:
+            StoreError: another model's fingerprint, a wrong embedding size, NaN/Inf values,
+                an empty name or a sources list of the wrong length.
+        """
+        name, vectors, sources = self._checked_enrollment(
+            name, embeddings, model_fingerprint, sources
+        )
+        with self._transaction() as conn:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO embeddings (speaker, source, embedding) "
+                    "VALUES (%s, %s, %s::vector)",
+                    [(name, s, _vector_literal(v)) for v, s in zip(vectors, sources)],
+                )
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE speaker = %s", (name,)
+            ).fetchone()
+        return int(count)
+
+    def remove(self, name: str) -> int:
+        """Remove a speaker and all its embeddings; returns how many embeddings went.
+
+        Raises:
+            StoreError: no speaker of that name.
+        """
+        with self._transaction() as conn:
+            (count,) = conn.execute(
+                "WITH gone AS (DELETE FROM embeddings WHERE speaker = %s RETURNING 1) "
+                "SELECT COUNT(*) FROM gone",
+                (name,),
+            ).fetchone()
+            if count == 0:
+                raise self._unknown_speaker_error(name)
+        return int(count)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def speakers(self) -> list[SpeakerEntry]:
+        """Every enrolled speaker, by name."""
+        with self._lost_connection():
+            rows = self._conn.execute(
+                "SELECT speaker, COUNT(*), "
+                "array_remove(array_agg(source ORDER BY id), NULL) "
+                "FROM embeddings GROUP BY speaker ORDER BY speaker"
+            ).fetchall()
+        return [SpeakerEntry(name, int(count), list(sources)) for name, count, sources in rows]
+
+    def embeddings(self, name: str) -> np.ndarray:
+        """A speaker's enrollment embeddings as stored, (K, embed_dim) float32."""
+        with self._lost_connection():
+            rows = self._conn.execute(
+                "SELECT embedding::real[] FROM embeddings WHERE speaker = %s ORDER BY id", (name,)
+            ).fetchall()
+        if not rows:
+            raise self._unknown_speaker_error(name)
+        return np.array([row[0] for row in rows], dtype=np.float32).reshape(-1, self.embed_dim)
+
+    def speaker_means(self) -> tuple[list[str], np.ndarray]:
+        """Names and their mean embeddings (N, embed_dim), each the normalised mean of the
+        speaker's normalised enrollment embeddings (computed by the server)."""
+        with self._lost_connection():
+            rows = self._conn.execute(
+                "SELECT speaker, l2_normalize(AVG(l2_normalize(embedding)))::real[] "
+                "FROM embeddings GROUP BY speaker ORDER BY speaker"
+            ).fetchall()
+        if not rows:
+            return [], np.zeros((0, self.embed_dim), dtype=np.float32)
+        names = [name for name, _ in rows]
+        return names, np.array([mean for _, mean in rows], dtype=np.float32)
+
+    def identify(
+        self,
+        embedding: np.ndarray,
+        *,
+        threshold: float,
+        model_fingerprint: str,
+        top_k: int = 5,
+    ) -> Identification:
+        """Score a query embedding (D,) against every speaker's mean, in the server; see the
+        module docstring. Only the ``top_k`` best speakers come back from the database.
+
+        Raises:
+            StoreError: another model's fingerprint, a wrong embedding size, NaN/Inf in the
+                query, or an empty store.
+        """
+        query = self._checked_query(embedding, model_fingerprint, top_k)
+        with self._lost_connection():
+            rows = self._conn.execute(
+                f"SELECT speaker, {_SCORE} AS score FROM embeddings GROUP BY speaker "
+                "ORDER BY score DESC, speaker LIMIT %(top_k)s",
+                {"query": _vector_literal(query), "top_k": int(top_k)},
+            ).fetchall()
+        if not rows:
+            raise self._no_speakers_error()
+        return Identification.decide([(name, float(score)) for name, score in rows], threshold)
+
+    def nearest_utterances(
+        self, embedding: np.ndarray, *, model_fingerprint: str, k: int = 5
+    ) -> list[tuple[str, str | None, float]]:
+        """The ``k`` enrollment recordings closest to a query (D,), as ``(speaker, source,
+        cosine)``, best first: a search over single recordings, not speaker means, which the HNSW
+        index answers (approximately, and at most ``hnsw.ef_search`` rows) once the table is
+        large enough for the planner to use it.
+
+        Raises:
+            StoreError: another model's fingerprint, a wrong embedding size or NaN/Inf.
+        """
+        query = self._checked_query(embedding, model_fingerprint, k)
+        with self._lost_connection():
+            rows = self._conn.execute(
+                "SELECT speaker, source, 1 - (embedding <=> %(query)s::vector) FROM embeddings "
+                "ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
+                {"query": _vector_literal(query), "k": int(k)},
+            ).fetchall()
+        return [(name, source, float(score)) for name, source, score in rows]
