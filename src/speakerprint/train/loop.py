@@ -11,6 +11,12 @@ SIGTERM or SIGINT (a pre-emption, Ctrl-C) writes a checkpoint at the next step b
 with :class:`TrainingInterrupted`, from which ``--resume`` continues exactly. Under torchrun
 (:mod:`speakerprint.train.distributed`) each rank trains on its slice of every global batch and
 only rank 0 writes files and evaluates.
+
+Reading order: :func:`train` -> ``_setup`` (config checks in :meth:`ExperimentConfig.validate`,
+batches from :mod:`~speakerprint.train.data`, optimiser from :mod:`~speakerprint.train.optim`,
+resume through :class:`~speakerprint.train.checkpoint.TrainState`) -> ``_run_steps`` (the control
+flow: log, evaluate, checkpoint, skip, stop) around ``_step`` (one update) -> ``_finish`` (last
+checkpoint, dev evaluation, bundle).
 """
 
 from __future__ import annotations
