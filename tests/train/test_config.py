@@ -70,3 +70,49 @@ def test_dev_manifest_without_trials_is_an_error(tmp_path):
     cfg = load_config(None, ["data.train_manifest=x.jsonl", "data.dev_manifest=dev.jsonl"])
     with pytest.raises(ConfigError, match="go together"):
         train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (["data.dev_manifest=dev.jsonl"], "go together"),
+        (["data.dev_trials=trials.txt"], "go together"),
+        (["train.max_bad_steps_in_a_row=0"], "max_bad_steps_in_a_row must be at least 1, got 0"),
+        (["data.train_manifest="], r"data.train_manifest \(or data.train_shards\) is required"),
+        (["data.train_shards=shards", "data.sampler=speaker_balanced"], "stream of shards"),
+        (["loss.name=triplet"], "set data.sampler=speaker_balanced"),
+        (["data.sampler=speaker_balanced", "data.utterances_per_speaker=1"], ">= 2 dividing"),
+        (["data.sampler=speaker_balanced", "data.utterances_per_speaker=3"], "got 3 and 64"),
+        (
+            ["data.sampler=speaker_balanced", "data.batch_size=8", "data.utterances_per_speaker=8"],
+            "= 1 speakers per batch; it must be between 2",
+        ),
+    ],
+)
+def test_validate_refuses_settings_that_cannot_train_together(sets, match):
+    cfg = load_config(None, ["data.train_manifest=train.jsonl", *sets])
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["data.train_manifest=", "data.train_shards=shards"],
+        ["loss.name=triplet", "data.sampler=speaker_balanced", "data.utterances_per_speaker=4"],
+        ["data.dev_manifest=dev.jsonl", "data.dev_trials=trials.txt"],
+    ],
+)
+def test_validate_accepts_consistent_settings(sets):
+    load_config(None, ["data.train_manifest=train.jsonl", *sets]).validate()
+
+
+def test_train_validates_before_it_writes_anything(tmp_path):
+    from speakerprint.train.loop import train
+
+    cfg = load_config(None, ["data.train_manifest=x.jsonl", "loss.name=triplet"])
+    with pytest.raises(ConfigError, match="speaker_balanced"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

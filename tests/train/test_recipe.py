@@ -169,16 +169,16 @@ def test_speaker_balanced_batches_continue_into_the_next_epoch(
 ):
     # 220 utterances make 3 batches of 64: step 4 starts the second epoch, whose sampler must
     # again see every training utterance's label (not, say, the last batch's).
-    import speakerprint.train.loop as loop
+    import speakerprint.train.data as train_data
 
     seen = []
 
-    class Recording(loop.SpeakerBalancedBatchSampler):
+    class Recording(train_data.SpeakerBalancedBatchSampler):
         def __init__(self, labels, *args, **kwargs):
             seen.append((kwargs["epoch"], len(labels)))
             super().__init__(labels, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "SpeakerBalancedBatchSampler", Recording)
+    monkeypatch.setattr(train_data, "SpeakerBalancedBatchSampler", Recording)
     cfg = tiny_config(
         demo_prepared,
         **{

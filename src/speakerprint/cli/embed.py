@@ -71,7 +71,6 @@ def embed(
 ) -> None:
     """Embed many recordings into one file; keys are the paths as given (utt_id for manifests,
     the key for wav.scp)."""
-    import torch
 
     from speakerprint.errors import ConfigError
     from speakerprint.inference import SpeakerEncoder
@@ -83,6 +82,7 @@ def embed(
         extract_embeddings,
         write_embeddings,
     )
+    from speakerprint.train.device import resolve_device
     from speakerprint.utils.io import atomic_write_text
 
     fmt = format_ if format_ is not None else out.suffix.lower().lstrip(".")
@@ -91,8 +91,7 @@ def embed(
         raise ConfigError(f"{where}: the output format must be one of {', '.join(FORMATS)}")
     if not batch_seconds > 0:
         raise ConfigError(f"--batch-seconds must be positive, got {batch_seconds}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    device = str(resolve_device(device, option="--device"))  # the one check, as train's
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name a file")
 

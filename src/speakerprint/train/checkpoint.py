@@ -6,6 +6,9 @@ step, optimiser hyper-parameters, scaler scalars, the config, and the SHA-256 of
 The folder is written under a temporary name and renamed into place, so a checkpoint either exists
 whole or not at all; a crash during the write leaves the previous one untouched, and the temporary
 folder it leaves is ignored (and removed on resume by :func:`remove_interrupted_writes`).
+
+:class:`TrainState` is what a training run saves and restores: each key of a checkpoint is
+written by its :meth:`~TrainState.state_dict` and read by its :meth:`~TrainState.load_state_dict`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from speakerprint.errors import BundleError
+from speakerprint.errors import BundleError, ConfigError
+from speakerprint.models.bundle import load_bundle
 from speakerprint.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -157,3 +162,116 @@ def prune_checkpoints(checkpoint_dir: str | os.PathLike, keep: int) -> None:
         return
     for path in list_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def speaker_digest(speakers: list[str]) -> str:
+    """A fingerprint of the label order: a classifier head is only reusable under the same one."""
+    return hashlib.sha256("\n".join(speakers).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs to continue exactly, saved and restored in one place.
+
+    The objects are the run's own (restoring loads into them); ``step`` and
+    ``bad_steps_in_a_row`` are kept current by the loop. A checkpoint holds the keys
+    ``model``, ``loss``, ``optimizer``, ``scaler``, ``step``, ``num_speakers``,
+    ``speaker_digest``, ``rng`` (``torch``, ``cuda``), ``config`` and ``bad_steps_in_a_row``;
+    checkpoints of earlier releases, without the last, still load.
+    """
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    speakers: list[str]  # the label order
+    config: dict[str, Any]  # the resolved config, saved for the record
+    device: torch.device
+    step: int = 0
+    bad_steps_in_a_row: int = 0  # consecutive skipped (NaN/Inf) steps, carried across a resume
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {
+            "model": self.model.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "num_speakers": len(self.speakers),
+            "speaker_digest": speaker_digest(self.speakers),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if cuda else None,
+            },
+            "config": self.config,
+            "bad_steps_in_a_row": self.bad_steps_in_a_row,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str | os.PathLike = "") -> None:
+        """Restore weights, optimiser, scaler, RNG, step and bad-step count from ``state``.
+
+        Raises:
+            ConfigError: the checkpoint (``source``, for the message) was trained on another
+                number of speakers.
+        """
+        if state["num_speakers"] != len(self.speakers):
+            raise ConfigError(
+                f"checkpoint {source} was trained on {state['num_speakers']} speakers, the "
+                f"manifest has {len(self.speakers)}: resume with the same training data"
+            )
+        self.model.load_state_dict(state["model"], strict=True)
+        self.loss_fn.load_state_dict(state["loss"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
+
+    def save(self, checkpoint_dir: str | os.PathLike, *, keep: int) -> Path:
+        """Write ``checkpoint_dir/step_XXXXXXXX`` for the current step; keep the newest ``keep``."""
+        path = save_checkpoint(checkpoint_dir, self.step, self.state_dict())
+        prune_checkpoints(checkpoint_dir, keep)
+        return path
+
+
+def init_weights(
+    source: str | Path, model: torch.nn.Module, loss_fn: torch.nn.Module, speakers: list[str]
+) -> str:
+    """Load ``model.init_from`` into a fresh model: a run folder's newest checkpoint (encoder,
+    and the loss head when it was trained with the same loss shapes on the same speakers) or a
+    bundle (encoder only). Returns what was loaded, in words."""
+    path = Path(source)
+    loss_state = None
+    if (path / "checkpoints").is_dir() and list_checkpoints(path / "checkpoints"):
+        where, state = load_latest_checkpoint(path / "checkpoints")
+        model_state = state["model"]
+        if state.get("speaker_digest") == speaker_digest(speakers):
+            loss_state = state["loss"]
+    else:
+        bundle_dir = path / "bundle" if (path / "bundle" / "config.json").is_file() else path
+        if not (bundle_dir / "config.json").is_file():
+            raise ConfigError(
+                f"model.init_from={source}: not a run folder with checkpoints nor a model bundle"
+            )
+        where, model_state = bundle_dir, load_bundle(bundle_dir).encoder.state_dict()
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0]
+        raise ConfigError(
+            f"model.init_from={source}: its weights do not fit this model ({reason})"
+        ) from None
+    own = loss_fn.state_dict()
+    if (
+        loss_state is not None
+        and own
+        and own.keys() == loss_state.keys()
+        and all(own[k].shape == loss_state[k].shape for k in own)
+    ):
+        loss_fn.load_state_dict(loss_state, strict=True)
+        return f"encoder and loss head from {where}"
+    return f"encoder from {where} (loss head starts fresh)"

@@ -122,6 +122,50 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # off unless set
 
+    def validate(self) -> None:
+        """Refuse settings that cannot train together; :func:`~speakerprint.train.loop.train`
+        calls it first. Checks that need the data (its speakers, its size) or the number of
+        processes are made where those are known (:mod:`speakerprint.train.data`).
+
+        Raises:
+            ConfigError: naming the settings at fault.
+        """
+        data, train = self.data, self.train
+        if bool(data.dev_manifest) != bool(data.dev_trials):
+            raise ConfigError(
+                "data.dev_manifest and data.dev_trials go together: set both or neither"
+            )
+        if train.max_bad_steps_in_a_row < 1:
+            raise ConfigError(
+                "train.max_bad_steps_in_a_row must be at least 1, got "
+                f"{train.max_bad_steps_in_a_row}"
+            )
+        if data.train_shards:
+            if data.sampler != "random":
+                raise ConfigError(
+                    f"data.sampler={data.sampler} picks utterances by speaker, which a stream of "
+                    "shards cannot: use data.train_manifest for it"
+                )
+        elif not data.train_manifest:
+            raise ConfigError("data.train_manifest (or data.train_shards) is required")
+        if self.loss.name == "triplet" and data.sampler != "speaker_balanced":
+            raise ConfigError(
+                "loss.name=triplet mines triplets inside each batch: set data.sampler=speaker_balanced"
+            )
+        if data.sampler == "speaker_balanced":
+            per_speaker = data.utterances_per_speaker
+            if per_speaker < 2 or data.batch_size % per_speaker:
+                raise ConfigError(
+                    f"data.sampler=speaker_balanced needs data.utterances_per_speaker >= 2 "
+                    f"dividing data.batch_size, got {per_speaker} and {data.batch_size}"
+                )
+            if data.batch_size // per_speaker < 2:
+                raise ConfigError(
+                    f"data.sampler=speaker_balanced takes data.batch_size / "
+                    f"data.utterances_per_speaker = {data.batch_size // per_speaker} speakers per "
+                    "batch; it must be between 2 and the number of training speakers"
+                )
+
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` converted to type ``tp`` or raise ConfigError naming ``where``."""

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from speakerprint.errors import ConfigError
+from speakerprint.train.device import resolve_device
 
 __all__ = ["DistContext", "ShardedBatchSampler", "env_world_size", "setup", "teardown"]
 
@@ -85,12 +86,8 @@ def setup(device_name: str = "auto") -> DistContext:
     local_rank = _env_int("LOCAL_RANK", rank)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"RANK={rank} and WORLD_SIZE={world_size} do not fit together")
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = resolve_device(device_name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={device_name!r} but CUDA is not available")
         if world_size > 1 or device.index is None:
             device = torch.device("cuda", local_rank if world_size > 1 else 0)
         torch.cuda.set_device(device)
