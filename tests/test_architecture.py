@@ -18,8 +18,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parent.parent / "src"
 ROOT = "speakerprint"
 
@@ -51,29 +49,6 @@ LAYERS: dict[str, int] = {
 # Known cycles in files other engineers are redesigning in the same step (issue 22); the lead
 # deletes each entry once its branch is merged. Each entry is a set of modules that may import each
 # other (a strongly connected component of the import graph may be any part of one entry).
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # issue 22: inference/store.py <-> store_pg.py becomes the inference/store/ package.
-    frozenset({"speakerprint.inference.store", "speakerprint.inference.store_pg"}),
-    # issue 22 (the thin CLI): each command module registers on cli.main's app, which imports the
-    # command modules to register them.
-    frozenset(
-        f"speakerprint.cli.{name}"
-        for name in (
-            "check",
-            "convert",
-            "corpora",
-            "embed",
-            "evaluation",
-            "export",
-            "main",
-            "plot",
-            "serve",
-            "store",
-        )
-    ),  # fmt: skip
-]
-
-# Known upward imports, as (importer, imported), each with why it is still there.
 KNOWN_LAYER_VIOLATIONS: set[tuple[str, str]] = {
     # issue 22: the loop hands viz's curves drawer to train.tracking.RunLog (tracking no longer
     # imports viz), lazily and only when a run starts. To go: the caller of train() (cli/) hands
@@ -251,23 +226,11 @@ EDGES = {module: {imp.target for imp in imports} for module, imports in IMPORTS.
 
 
 def test_no_import_cycle_between_modules():
-    unexpected = [
-        component
-        for component in _components(EDGES)
-        if not any(component <= known for known in KNOWN_CYCLES)
-    ]
+    unexpected = list(_components(EDGES))
     assert not unexpected, "import cycles (module-level and function-level imports):\n" + "\n".join(
         " -> ".join(_one_cycle(component, EDGES)) + f"  ({len(component)} modules in all: "
         f"{', '.join(sorted(component))})"
         for component in unexpected
-    )
-
-
-@pytest.mark.parametrize("known", KNOWN_CYCLES, ids=lambda c: " <-> ".join(sorted(c)))
-def test_known_cycles_are_still_there(known):
-    """An entry of KNOWN_CYCLES that no longer holds a cycle must be deleted."""
-    assert any(component <= known for component in _components(EDGES)), (
-        f"{sorted(known)} no longer holds a cycle: delete it from KNOWN_CYCLES"
     )
 
 

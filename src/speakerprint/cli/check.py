@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def check(
     manifest: Annotated[Path, typer.Argument(help="Manifest (JSONL) to check")],
     trials: Annotated[

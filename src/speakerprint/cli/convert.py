@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 
 @app.command("convert")
-@_clean_errors
+@clean_errors
 def convert_cmd(
     source: Annotated[str, typer.Argument(help="speechbrain, wespeaker or nemo")],
     checkpoint: Annotated[

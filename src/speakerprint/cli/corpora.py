@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app, prepare_app
+from speakerprint.cli.app import app, clean_errors, prepare_app
 
 
 class Vad(str, Enum):
@@ -39,7 +39,7 @@ def _report(result) -> None:
 
 
 @prepare_app.command("voxceleb1")
-@_clean_errors
+@clean_errors
 def prepare_voxceleb1_cmd(
     root: Annotated[Path, typer.Argument(help="VoxCeleb1: wav/ or vox1_dev_wav/ + vox1_test_wav/")],
     out: Annotated[Path, _OUT],
@@ -69,7 +69,7 @@ def prepare_voxceleb1_cmd(
 
 
 @prepare_app.command("voxceleb2")
-@_clean_errors
+@clean_errors
 def prepare_voxceleb2_cmd(
     root: Annotated[Path, typer.Argument(help="VoxCeleb2: dev/aac/ and/or test/aac/")],
     out: Annotated[Path, _OUT],
@@ -83,7 +83,7 @@ def prepare_voxceleb2_cmd(
 
 
 @prepare_app.command("librispeech")
-@_clean_errors
+@clean_errors
 def prepare_librispeech_cmd(
     root: Annotated[Path, typer.Argument(help="Folder holding LibriSpeech/ (or LibriSpeech/)")],
     out: Annotated[Path, _OUT],
@@ -104,7 +104,7 @@ def prepare_librispeech_cmd(
 
 
 @prepare_app.command("vctk")
-@_clean_errors
+@clean_errors
 def prepare_vctk_cmd(
     root: Annotated[
         Path, typer.Argument(help="VCTK 0.80 (wav48/) or 0.92 (wav48_silence_trimmed/)")
@@ -121,7 +121,7 @@ def prepare_vctk_cmd(
 
 
 @prepare_app.command("cnceleb")
-@_clean_errors
+@clean_errors
 def prepare_cnceleb_cmd(
     root: Annotated[
         Path, typer.Argument(help="Folder holding CN-Celeb_flac/ and/or CN-Celeb2_flac/")
@@ -146,7 +146,7 @@ def prepare_cnceleb_cmd(
 
 
 @prepare_app.command("kaldi")
-@_clean_errors
+@clean_errors
 def prepare_kaldi_cmd(
     data_dir: Annotated[
         Path, typer.Argument(help="Kaldi data folder: wav.scp, utt2spk, [segments]")
@@ -165,7 +165,7 @@ def prepare_kaldi_cmd(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def stats(
     manifest: Annotated[Path, typer.Argument(help="Manifest (JSONL)")],
     out: Annotated[
@@ -189,7 +189,7 @@ def stats(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def shard(
     manifest: Annotated[Path, typer.Argument(help="Manifest (JSONL) of the training set")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the shards and shards.json")],

@@ -28,11 +28,11 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def embed(
     inputs: Annotated[
         list[Path],

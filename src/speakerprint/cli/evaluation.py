@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def report(
     systems: Annotated[
         list[Path],
@@ -43,7 +43,7 @@ def report(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def fuse(
     dev: Annotated[
         list[Path],
@@ -129,7 +129,7 @@ def fuse(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def calibrate(
     bundle: Annotated[Path, typer.Argument(help="Model bundle folder, updated in place")],
     manifest: Annotated[Path, typer.Option(help="Manifest of the development utterances")],
@@ -208,7 +208,7 @@ def calibrate(
 
 
 @app.command("trials")
-@_clean_errors
+@clean_errors
 def trials_cmd(
     manifest: Annotated[Path, typer.Argument(help="Manifest of the utterances to pair")],
     out: Annotated[Path, typer.Option(help="Trial list to write")],

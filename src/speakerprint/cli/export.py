@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 
 @app.command("export")
-@_clean_errors
+@clean_errors
 def export_cmd(
     bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
     format_: Annotated[str, typer.Option("--format", help="onnx or torchscript")],

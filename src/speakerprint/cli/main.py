@@ -5,7 +5,6 @@ Errors caused by input (bad files, configs, manifests) print one line and exit w
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -16,42 +15,8 @@ from typing import Annotated
 
 import typer
 
+from speakerprint.cli.app import app, clean_errors, prepare_app
 from speakerprint.errors import SpeakerprintError
-
-app = typer.Typer(
-    name="speakerprint",
-    help="Speaker recognition: prepare data, train, evaluate, embed and verify.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-prepare_app = typer.Typer(
-    help="Write manifests (JSONL) and trial lists for a dataset.", no_args_is_help=True
-)
-app.add_typer(prepare_app, name="prepare")
-
-
-def _clean_errors(fn):
-    """Turn input errors into one line on stderr and exit status 2, not a traceback.
-
-    Input errors are :class:`SpeakerprintError` and the ImportError of a missing optional
-    extra, whose message names what to install (``pip install 'speakerprint[viz]'``).
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SpeakerprintError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        except ImportError as e:
-            if "pip install" not in str(e):
-                raise  # a broken installation, not a missing extra: the traceback helps
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 @app.callback()
@@ -65,7 +30,7 @@ def _root(
 
 
 @prepare_app.command("folder")
-@_clean_errors
+@clean_errors
 def prepare_folder_cmd(
     root: Annotated[Path, typer.Argument(help="ROOT/<speaker>/**/<audio file>")],
     out: Annotated[
@@ -105,7 +70,7 @@ def prepare_folder_cmd(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config (see recipes/)")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, bundle")],
@@ -201,7 +166,7 @@ def _cohort(norm: str, cohort: Path | None, top_k: int | None):
 
 
 @app.command("eval")
-@_clean_errors
+@clean_errors
 def eval_cmd(
     bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
     manifest: Annotated[
@@ -364,7 +329,7 @@ def _encoder(model: Path | None):
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def verify(
     a: Annotated[Path, typer.Argument(help="First recording")],
     b: Annotated[Path, typer.Argument(help="Second recording")],

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 plot_app = typer.Typer(
     help="Figures that look inside models: scores, projections, attention, class weights...",
@@ -45,7 +45,7 @@ def _positive(name: str, value: int | None) -> None:
 
 
 @plot_app.command("scores")
-@_clean_errors
+@clean_errors
 def scores_cmd(
     scores: Annotated[
         list[Path],
@@ -80,7 +80,7 @@ def scores_cmd(
 
 
 @plot_app.command("projection")
-@_clean_errors
+@clean_errors
 def projection_cmd(
     bundles: Annotated[list[Path], typer.Argument(help="Model bundles, one panel each")],
     manifest: Annotated[
@@ -143,7 +143,7 @@ def projection_cmd(
 
 
 @plot_app.command("attention")
-@_clean_errors
+@clean_errors
 def attention_cmd(
     bundle: Annotated[Path, typer.Argument(help="Model bundle (ECAPA-TDNN or TitaNet)")],
     audio: Annotated[Path, typer.Argument(help="A recording, any format")],
@@ -172,7 +172,7 @@ def attention_cmd(
 
 
 @plot_app.command("class-weights")
-@_clean_errors
+@clean_errors
 def class_weights_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with checkpoints/step_N")],
     out: OutOption,
@@ -201,7 +201,7 @@ def class_weights_cmd(
 
 
 @plot_app.command("aam-scale")
-@_clean_errors
+@clean_errors
 def aam_scale_cmd(
     out: OutOption,
     num_classes: Annotated[
@@ -248,7 +248,7 @@ def aam_scale_cmd(
 
 
 @plot_app.command("enrollment-bias")
-@_clean_errors
+@clean_errors
 def enrollment_bias_cmd(
     out: OutOption,
     bundle: Annotated[
@@ -328,7 +328,7 @@ def enrollment_bias_cmd(
 
 
 @plot_app.command("dimension")
-@_clean_errors
+@clean_errors
 def dimension_cmd(
     out: OutOption,
     dims: Annotated[
@@ -355,7 +355,7 @@ def dimension_cmd(
 
 
 @plot_app.command("curves")
-@_clean_errors
+@clean_errors
 def curves_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (or its metrics.jsonl)")],
     out: OutOption,

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def serve(
     model: Annotated[
         Path | None,

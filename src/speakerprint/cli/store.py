@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.main import _clean_errors, app
+from speakerprint.cli.app import app, clean_errors
 
 _MODEL_HELP = "Model bundle (default: the model the store was made with, else the shipped model)"
 _DB_HELP = "Enrollment store: an SQLite file or a postgresql:// URL"
@@ -40,7 +40,7 @@ def _store_model(db: str | Path, model: Path | None) -> Path | None:
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def enroll(
     db: Annotated[str, typer.Argument(help=f"{_DB_HELP} (the store is made if missing)")],
     name: Annotated[str, typer.Argument(help="Speaker name")],
@@ -69,7 +69,7 @@ def enroll(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def identify(
     db: Annotated[str, typer.Argument(help=_DB_HELP)],
     file: Annotated[Path, typer.Argument(help="Recording of the speaker to identify")],
@@ -106,7 +106,7 @@ def identify(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def speakers(db: Annotated[str, typer.Argument(help=_DB_HELP)]) -> None:
     """List the speakers of an enrollment store with their number of recordings."""
     from speakerprint.inference.store import open_store
@@ -122,7 +122,7 @@ def speakers(db: Annotated[str, typer.Argument(help=_DB_HELP)]) -> None:
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def remove(
     db: Annotated[str, typer.Argument(help=_DB_HELP)],
     name: Annotated[str, typer.Argument(help="Speaker to remove")],

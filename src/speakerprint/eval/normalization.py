@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike
 
 from speakerprint.data.manifest import Utterance
 from speakerprint.data.trials import Trial
+from speakerprint.utils.linalg import l2_normalize_rows
 
 __all__ = [
     "NORMALIZATION_METHODS",
@@ -53,9 +54,8 @@ NORMALIZATION_METHODS = ("none", "znorm", "tnorm", "snorm", "asnorm")
 _CHUNK_ROWS = 4096
 
 
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    # A zero row stays zero (its cohort scores are all 0 and then rejected for zero spread).
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+# A zero row stays zero (its cohort scores are all 0 and then rejected for zero spread).
+unit_rows = l2_normalize_rows
 
 
 def _as_matrix(values: ArrayLike, name: str) -> np.ndarray:

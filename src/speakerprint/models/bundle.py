@@ -99,10 +99,9 @@ class Bundle:
     @property
     def min_samples(self) -> int:
         """The shortest waveform the encoder accepts; shorter input is repeated up to it."""
-        cfg = self.fbank.config
-        win = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
-        shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
-        return win + shift * (max(self.encoder.min_frames, 1) - 1)
+        from speakerprint.features import min_samples
+
+        return min_samples(self.fbank.config, self.encoder.min_frames)
 
     @torch.no_grad()
     def embed_batch(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.models.bundle import load_bundle
+from speakerprint.utils.hashing import sha256_file
 from speakerprint.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,6 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
     """Write ``state`` as ``checkpoint_dir/step_XXXXXXXX`` atomically and return that path."""
     checkpoint_dir = Path(checkpoint_dir)
@@ -92,7 +85,7 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, state: dict[st
         tensors: dict[str, torch.Tensor] = {}
         tree = flatten_state(state, tensors)
         save_file(tensors, str(tmp / TENSORS_FILE))
-        meta = {"step": step, "sha256": _sha256(tmp / TENSORS_FILE), "state": tree}
+        meta = {"step": step, "sha256": sha256_file(tmp / TENSORS_FILE), "state": tree}
         (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return final
 
@@ -107,7 +100,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     tensor_file = path / TENSORS_FILE
     if not tensor_file.is_file():
         raise BundleError(f"checkpoint {path}: {TENSORS_FILE} is missing")
-    if _sha256(tensor_file) != meta.get("sha256"):
+    if sha256_file(tensor_file) != meta.get("sha256"):
         raise BundleError(f"checkpoint {path}: {TENSORS_FILE} does not match its checksum")
     try:
         tensors = load_file(str(tensor_file))

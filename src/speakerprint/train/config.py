@@ -25,6 +25,7 @@ import yaml
 from speakerprint.augment.config import AugmentConfig
 from speakerprint.errors import ConfigError
 from speakerprint.features import FbankConfig
+from speakerprint.utils.config import dataclass_from_dict
 from speakerprint.utils.io import atomic_write_text
 
 
@@ -217,19 +218,13 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
 
 def _from_dict(cls: type, data: dict, where: str = "") -> Any:
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys{' in ' + where if where else ''}: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _check_value(value, hints[name], key)
-    return cls(**kwargs)
+    return dataclass_from_dict(
+        cls,
+        data,
+        label="config",
+        where=where,
+        convert=lambda name, value, key: _check_value(value, hints[name], key),
+    )
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:

@@ -40,7 +40,7 @@ from speakerprint.data.trials import Trial, read_trials
 from speakerprint.errors import ConfigError, SpeakerprintError
 from speakerprint.eval.scoring import evaluate
 from speakerprint.features import Fbank
-from speakerprint.losses import ClassificationLoss, TripletLoss, build_loss
+from speakerprint.losses import build_loss
 from speakerprint.models import count_parameters, create_model
 from speakerprint.models.bundle import Bundle, Threshold, save_bundle
 from speakerprint.models.layers.norm import convert_sync_batchnorm
@@ -123,15 +123,6 @@ class TrainResult:
     dev_initial: dict | None = None
     dev_final: dict | None = None
     wall_s: float = 0.0
-
-
-def set_margin(loss_fn: torch.nn.Module, value: float) -> None:
-    """Apply the scheduled margin to whichever loss is training."""
-    if isinstance(loss_fn, ClassificationLoss):
-        if loss_fn.margin is not None:
-            loss_fn.margin.set_margin(value)
-    elif isinstance(loss_fn, TripletLoss):
-        loss_fn.margin = value
 
 
 def train(
@@ -395,7 +386,7 @@ def _step(
         optimizer, step, optim=cfg.optim, schedule=cfg.schedule, max_steps=cfg.train.max_steps
     )
     m = margin(step, loss=cfg.loss)
-    set_margin(run.loss_fn, m)
+    run.loss_fn.set_margin(m)
 
     buffers = [*run.model.buffers(), *run.loss_fn.buffers()]
     with torch.no_grad():

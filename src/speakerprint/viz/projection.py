@@ -26,6 +26,7 @@ import numpy as np
 
 from speakerprint.data.manifest import Utterance
 from speakerprint.inference.extract import embed_manifest
+from speakerprint.utils.linalg import l2_normalize_rows
 from speakerprint.viz._common import VIZ_HINT, new_figure, speaker_colours
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,10 +178,6 @@ def project_bundles(
     )
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def project(emb: np.ndarray, *, method: str = "svd", seed: int = 0) -> np.ndarray:
     """Project embeddings (N, D) to (N, 2) after L2 normalisation (cosine geometry).
 
@@ -195,7 +192,7 @@ def project(emb: np.ndarray, *, method: str = "svd", seed: int = 0) -> np.ndarra
         raise ValueError(
             f"unknown method {method!r}; choose one of {', '.join(PROJECTION_METHODS)}"
         )
-    x = _unit_rows(emb)
+    x = l2_normalize_rows(emb)
     if method == "svd":
         centred = x - x.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -235,7 +232,7 @@ def speaker_silhouette(emb: np.ndarray, speakers: Sequence[str]) -> float | None
     num = labels.max() + 1 if len(labels) else 0
     if num < 2 or num >= len(labels):
         return None
-    x = _unit_rows(np.asarray(emb, dtype=np.float64))
+    x = l2_normalize_rows(np.asarray(emb, dtype=np.float64))
     dist = 1.0 - x @ x.T  # (N, N) cosine distance
     onehot = np.eye(num)[labels]  # (N, S)
     counts = onehot.sum(axis=0)  # (S,)

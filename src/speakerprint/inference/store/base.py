@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from speakerprint.errors import SpeakerprintError
+from speakerprint.utils.linalg import l2_normalize_rows
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -110,9 +111,7 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` divided by their L2 norms (a zero row stays zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+normalise_rows = l2_normalize_rows  # the name the stores use
 
 
 class BaseEnrollmentStore(abc.ABC):

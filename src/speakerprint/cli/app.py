@@ -1,0 +1,50 @@
+"""The typer application every command registers on, and the CLI's error contract.
+
+A module of its own so that the command modules (``cli/embed.py``, ...) and ``cli/main.py``, which
+imports them to register them, do not import each other.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from speakerprint.errors import SpeakerprintError
+
+__all__ = ["app", "clean_errors", "prepare_app"]
+
+app = typer.Typer(
+    name="speakerprint",
+    help="Speaker recognition: prepare data, train, evaluate, embed and verify.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+prepare_app = typer.Typer(
+    help="Write manifests (JSONL) and trial lists for a dataset.", no_args_is_help=True
+)
+app.add_typer(prepare_app, name="prepare")
+
+
+def clean_errors(fn):
+    """Turn input errors into one line on stderr and exit status 2, not a traceback.
+
+    Input errors are :class:`SpeakerprintError` and the ImportError of a missing optional
+    extra, whose message names what to install (``pip install 'speakerprint[viz]'``).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpeakerprintError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except ImportError as e:
+            if "pip install" not in str(e):
+                raise  # a broken installation, not a missing extra: the traceback helps
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
