@@ -302,13 +302,16 @@ def _float_nodes(model, *, ends: bool) -> list[str]:
         or (node.op_type in _QUANTISED_OPS and into_where.intersection(node.output))
     ]
     if ends:
-        # ONNX graphs list their nodes in topological order.
+        # ONNX graphs list their nodes in topological order. The tail counts every quantisable
+        # node of the encoder, those already kept float included, so that it is the pooling and
+        # embedding layers and never reaches back into the frame-level layers.
         encoder = [
             node.name
             for node in model.graph.node
-            if node.op_type in _QUANTISED_OPS and node.name not in keep
+            if node.op_type in _QUANTISED_OPS and not node.name.startswith(_FEATURE_SCOPE)
         ]
-        keep += encoder[:1] + encoder[1:][-FLOAT_TAIL:]
+        tail = encoder[1:][-FLOAT_TAIL:]
+        keep += [name for name in encoder[:1] + tail if name not in keep]
     return keep
 
 
