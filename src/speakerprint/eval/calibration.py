@@ -42,6 +42,7 @@ from speakerprint.eval.metrics import (
     compute_eer,
     det_curve,
 )
+from speakerprint.utils.config import dataclass_from_dict
 
 __all__ = [
     "DEFAULT_FA_RATES",
@@ -89,27 +90,19 @@ class Calibration:
             ValueError: a missing or unknown key, or a value that is not a finite number
                 (``p_target`` may be None, else strictly between 0 and 1).
         """
-        expected = {field.name for field in dataclasses.fields(cls)}
-        if set(data) != expected:
-            missing, unknown = sorted(expected - set(data)), sorted(set(data) - expected)
-            raise ValueError(
-                f"calibration needs exactly the keys {sorted(expected)}; missing {missing}, "
-                f"unknown {unknown}"
-            )
-        values: dict[str, float | None] = {}
-        for name in ("scale", "offset", "p_target"):
-            value = data[name]
+
+        def check(name: str, value: object, key: str) -> float | None:
             if name == "p_target" and value is None:
-                values[name] = None
-                continue
+                return None
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"calibration {name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"calibration {name} must be finite, got {value}")
-            values[name] = float(value)
-        if values["p_target"] is not None and not 0.0 < values["p_target"] < 1.0:
-            raise ValueError(f"calibration p_target must lie in (0, 1), got {values['p_target']}")
-        return cls(**values)
+            if name == "p_target" and not 0.0 < value < 1.0:
+                raise ValueError(f"calibration p_target must lie in (0, 1), got {value}")
+            return float(value)
+
+        return dataclass_from_dict(cls, data, label="calibration", require_all=True, convert=check)
 
 
 def _weighted_logistic_loss(
