@@ -44,7 +44,7 @@ run speakerprint plot attention "$MODEL" "$audio" --out "$FIGURES/attention.png"
 if compgen -G "$RUN/checkpoints/step_*" > /dev/null; then
   run speakerprint plot class-weights "$RUN" --out "$FIGURES/class_weights.png"
 else
-  echo "no checkpoints in $RUN: class-weights skipped (train it with the README's command)"
+  echo "no checkpoints in $RUN: class-weights skipped (train it with the command under 'A real result' in docs/results.md)"
 fi
 run speakerprint plot aam-scale --out "$FIGURES/aam_scale.png"
 run speakerprint plot enrollment-bias "$MODEL" --manifest "$DATA/dev.jsonl" \

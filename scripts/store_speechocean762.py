@@ -1,4 +1,4 @@
-"""Identification with the enrollment store on real speech (issue 6): the README's figures.
+"""Identification with the enrollment store on real speech (issue 6): the figures of docs/usage.md.
 
 The shipped model's 25 dev speakers (never heard in training), in the order the bundle lists
 them: the first 5 are enrolled with their first 3 recordings each; all their other recordings are
