@@ -3,7 +3,9 @@
 For each model: the float32 export (features inside) and its static int8 export, calibrated on
 real speech; the cosine between their embeddings of held-out real speech, natively and under
 ``qemu-x86_64 -cpu Haswell`` (an AVX2 CPU without AVX-512 or VNNI, emulated exactly), and the
-int8 speed-up natively (one thread, one 10 s utterance; median of the timed calls). The shipped
+int8 speed-up natively (one thread, one 10 s utterance; median of the timed calls). With
+``--arm ROOT`` the cosines are also measured on an emulated arm64 CPU (``qemu-aarch64``, an arm64
+Python and onnxruntime made by ``bench/arm64_sysroot.sh ROOT``). The shipped
 model also gets 8-bit weights (which x86 CPUs without VNNI saturate), and the former default:
 8-bit weights with every layer of the encoder in int8.
 
@@ -13,7 +15,9 @@ speechocean762 speakers, 10 s each. The models other than the shipped one have r
 from the registered factories (seed 0): no trained weights of them ship.
 
     apt-get install qemu-user      # for the Haswell column
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/int8_portability.py --out bench/int8_portability.md
+    bash bench/arm64_sysroot.sh /opt/arm64root      # for the ARM column (--arm)
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/int8_portability.py --arm /opt/arm64root \
+        --out bench/int8_portability.md
     PYTHONPATH=src python bench/int8_portability.py --models shipped --held-out 2 --no-haswell
 """
 
@@ -31,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762" / "train"
 SHIPPED = (
@@ -39,6 +42,8 @@ SHIPPED = (
 )
 FAMILIES = ["ecapa_tdnn_c512", "titanet_s", "resnet34", "xvector", "deep_speaker"]
 SAMPLE_RATE = 16000
+# qemu's Haswell model without the features its TCG lacks (it warns of each; none is SIMD).
+_HASWELL = "Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm"
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -90,6 +95,8 @@ def _audio(held_out: int, seconds: float) -> tuple[list[np.ndarray], list[np.nda
 
 
 def _export(name: str, work: Path, calibration, schemes: list[str]) -> None:
+    import torch
+
     import speakerprint.export.onnx as onnx_export
     from speakerprint.export import export_onnx, quantize_onnx_int8
     from speakerprint.features import FbankConfig
@@ -145,12 +152,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--iterations", type=int, default=7)
     parser.add_argument("--no-haswell", action="store_true")
+    parser.add_argument("--arm", type=Path, help="an arm64 root made by bench/arm64_sysroot.sh")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--score", type=Path, help=argparse.SUPPRESS)  # the emulated half
     args = parser.parse_args()
     if args.score:
-        (args.score / "scores.json").write_text(json.dumps(_score(args.score)))
+        (args.score / f"scores_{platform.machine()}.json").write_text(
+            json.dumps(_score(args.score))
+        )
         return
+
+    import torch
 
     from speakerprint.utils.io import atomic_write_text
     from speakerprint.utils.machine import cpu_flags, cpu_name
@@ -169,16 +181,36 @@ def main() -> None:
             _export(name, work, calibration, schemes)
             print(f"exported {name}", file=sys.stderr, flush=True)
         native = _score(work)
-        emulated = {}
+        runs = {}  # the emulated CPUs score side by side, one process each
         if qemu:
-            start = time.perf_counter()
-            subprocess.run(
-                [qemu, "-cpu", "Haswell", sys.executable, __file__, "--score", str(work)],
-                check=True,
+            runs["haswell"] = subprocess.Popen(
+                [qemu, "-cpu", _HASWELL, sys.executable, __file__, "--score", str(work)],
                 stderr=subprocess.DEVNULL,
             )
-            emulated = json.loads((work / "scores.json").read_text())
-            print(f"emulated in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        if args.arm:
+            runs["arm64"] = subprocess.Popen(
+                [
+                    "qemu-aarch64",
+                    "-L",
+                    str(args.arm),
+                    str(args.arm / "usr/bin/python3.11"),
+                    __file__,
+                    "--score",
+                    str(work),
+                ],
+                env={"PYTHONPATH": str(args.arm / "site"), "OMP_NUM_THREADS": "1"},
+                stderr=subprocess.DEVNULL,
+            )
+        start = time.perf_counter()
+        for cpu, process in runs.items():
+            if process.wait() != 0:
+                sys.exit(f"the {cpu} run failed (exit {process.returncode})")
+        print(f"emulated in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        emulated = {
+            cpu: json.loads((work / f"scores_{machine}.json").read_text())
+            for cpu, machine in (("haswell", "x86_64"), ("arm64", "aarch64"))
+            if cpu in runs
+        }
         for name in args.models:
             for scheme in [s for s in native[name] if s != "fp32_embeddings"]:
                 fp32_s, int8_s = _speed(work, name, scheme, args.iterations)
@@ -186,15 +218,16 @@ def main() -> None:
                     "model": "ecapa_tdnn_c512 (shipped, trained)" if name == "shipped" else name,
                     "scheme": scheme,
                     "native": native[name][scheme],
-                    "haswell": emulated.get(name, {}).get(scheme),
+                    "haswell": emulated.get("haswell", {}).get(name, {}).get(scheme),
+                    "arm64": emulated.get("arm64", {}).get(name, {}).get(scheme),
                     "fp32_ms": 1000 * fp32_s,
                     "int8_ms": 1000 * int8_s,
                 }
-                if name in emulated:  # the emulation itself is exact in float32
-                    row["fp32_native_vs_haswell"] = float(
+                for cpu, scores in emulated.items():  # float32 itself agrees across CPUs
+                    row[f"fp32_native_vs_{cpu}"] = float(
                         _cosines(
                             np.array(native[name]["fp32_embeddings"]),
-                            np.array(emulated[name]["fp32_embeddings"]),
+                            np.array(scores[name]["fp32_embeddings"]),
                         ).min()
                     )
                 rows.append(row)
@@ -217,23 +250,31 @@ def main() -> None:
         "layer of the encoder in int8). Models other than the shipped one have random weights.",
         "",
         "| model | scheme | cosine native (min / mean) | cosine Haswell (min / mean) | "
-        "fp32 ms | int8 ms | speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "cosine arm64 (min / mean) | fp32 ms | int8 ms | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        nat, has = row["native"], row["haswell"]
-        has_text = f"{has['min']:.4f} / {has['mean']:.4f}" if has else "not run"
+        cells = [
+            f"{c['min']:.5f} / {c['mean']:.5f}" if c else "not run"
+            for c in (row["native"], row["haswell"], row["arm64"])
+        ]
         lines.append(
-            f"| {row['model']} | {row['scheme']} | {nat['min']:.4f} / {nat['mean']:.4f} | "
-            f"{has_text} | {row['fp32_ms']:.1f} | {row['int8_ms']:.1f} | "
-            f"{row['fp32_ms'] / row['int8_ms']:.2f}x |"
+            f"| {row['model']} | {row['scheme']} | {' | '.join(cells)} | {row['fp32_ms']:.1f} | "
+            f"{row['int8_ms']:.1f} | {row['fp32_ms'] / row['int8_ms']:.2f}x |"
         )
-    exact = [r["fp32_native_vs_haswell"] for r in rows if "fp32_native_vs_haswell" in r]
-    if exact:
+    for cpu in emulated:
+        exact = [r[f"fp32_native_vs_{cpu}"] for r in rows]
         lines += [
             "",
-            f"The float32 exports agree between native and emulated runs to a cosine of at least "
-            f"{min(exact):.6f}: the emulation does not explain the int8 differences.",
+            f"The float32 exports agree between the native and the emulated {cpu} runs to a "
+            f"cosine of at least {min(exact):.6f}.",
+        ]
+    if args.arm:
+        lines += [
+            "",
+            "arm64: `qemu-aarch64` (Debian's qemu-user) running an arm64 Python 3.11 with "
+            "onnxruntime's aarch64 wheel (its version is pinned in bench/arm64_sysroot.sh: "
+            "1.32's crashes on import under this qemu).",
         ]
     argv = " ".join(sys.argv[1:])
     lines += [
