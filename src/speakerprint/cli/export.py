@@ -64,7 +64,6 @@ def export_cmd(
     input kind, embedding size, the bundle's fingerprint and threshold)."""
     import tempfile
 
-    from speakerprint.errors import ConfigError
     from speakerprint.export import (
         DEFAULT_OPSET,
         export_onnx,
@@ -73,20 +72,16 @@ def export_cmd(
     )
     from speakerprint.onnx_runtime import read_sidecar, sidecar_path
 
-    if format_ not in ("onnx", "torchscript"):
-        raise ConfigError(f"--format must be onnx or torchscript, got {format_!r}")
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"--quantize must be int8, got {quantize!r}")
-    if quantize is not None and format_ != "onnx":
-        raise ConfigError("--quantize int8 applies to --format onnx only")
-    if not calibration and (int8_scheme != "u8s7" or min_cosine != 0.995):
-        raise ConfigError("--int8-scheme and --min-cosine apply to static int8 (--calibration)")
-    if calibration and quantize is None:
-        raise ConfigError("--calibration applies to --quantize int8 only")
-    if calibration_utts < 1 or calibration_seconds <= 0:
-        raise ConfigError("--calibration-utts and --calibration-seconds must be positive")
-    if opset is not None and format_ != "onnx":
-        raise ConfigError("--opset applies to --format onnx only")
+    _check_options(
+        format_,
+        quantize,
+        calibration,
+        calibration_utts=calibration_utts,
+        calibration_seconds=calibration_seconds,
+        int8_scheme=int8_scheme,
+        min_cosine=min_cosine,
+        opset=opset,
+    )
     if format_ == "torchscript":
         export_torchscript(bundle, out, with_features=with_features)
     elif quantize is None:
@@ -114,6 +109,36 @@ def export_cmd(
             f"{check['mean_cosine']:.6f} over {check['utterances']} calibration utterances "
             f"(floor {check['floor']})"
         )
+
+
+def _check_options(
+    format_: str,
+    quantize: str | None,
+    calibration: list[Path] | None,
+    *,
+    calibration_utts: int,
+    calibration_seconds: float,
+    int8_scheme: str,
+    min_cosine: float,
+    opset: int | None,
+) -> None:
+    """One line (exit 2) for an option export cannot take or that does nothing here."""
+    from speakerprint.errors import ConfigError
+
+    if format_ not in ("onnx", "torchscript"):
+        raise ConfigError(f"--format must be onnx or torchscript, got {format_!r}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize must be int8, got {quantize!r}")
+    if quantize is not None and format_ != "onnx":
+        raise ConfigError("--quantize int8 applies to --format onnx only")
+    if not calibration and (int8_scheme != "u8s7" or min_cosine != 0.995):
+        raise ConfigError("--int8-scheme and --min-cosine apply to static int8 (--calibration)")
+    if calibration and quantize is None:
+        raise ConfigError("--calibration applies to --quantize int8 only")
+    if calibration_utts < 1 or calibration_seconds <= 0:
+        raise ConfigError("--calibration-utts and --calibration-seconds must be positive")
+    if opset is not None and format_ != "onnx":
+        raise ConfigError("--opset applies to --format onnx only")
 
 
 def _quantized(quantize: str | None, calibration: list[Path] | None) -> str:

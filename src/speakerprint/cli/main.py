@@ -165,87 +165,107 @@ def _cohort(norm: str, cohort: Path | None, top_k: int | None):
     return cohort_utts
 
 
+# eval's options, each named once here so that its signature reads as a list of settings.
+_ManifestOption = Annotated[
+    Path, typer.Option(help="Manifest (JSONL) of the utterances the trials name")
+]
+_TrialsOption = Annotated[Path, typer.Option(help="Trial list: 'LABEL ENROL TEST' per line")]
+_JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+_OutJsonOption = Annotated[Path | None, typer.Option(help="Also write the results as JSON here")]
+_PTargetOption = Annotated[
+    float, typer.Option(help="Prior of a target trial for the headline minDCF")
+]
+_ConditionOption = Annotated[
+    str,
+    typer.Option(
+        help="Test condition: full (whole utterances), crop (one crop from the start), "
+        "multi_crop (mean of evenly spaced crops)"
+    ),
+]
+_CropOption = Annotated[
+    float | None, typer.Option(help="Crop length in seconds (crop, multi_crop); default 3.0")
+]
+_NumCropsOption = Annotated[
+    int | None, typer.Option(help="Crops per utterance (multi_crop); default 5")
+]
+_CacheOption = Annotated[
+    Path | None,
+    typer.Option(help="Folder of cached embeddings, one file per bundle and condition"),
+]
+_NormOption = Annotated[
+    str, typer.Option(help="Score normalisation: none, znorm, tnorm, snorm, asnorm")
+]
+_CohortOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Manifest of cohort speakers, disjoint from the trials' (e.g. the training "
+        "manifest); needed by --norm"
+    ),
+]
+_TopKOption = Annotated[
+    int | None,
+    typer.Option(
+        help="AS-norm: closest cohort speakers used; default 300, or the cohort size if smaller"
+    ),
+]
+_IdentificationOption = Annotated[
+    bool,
+    typer.Option(
+        "--identification",
+        help="Add closed-set top-1/top-5 identification over the manifest's utterances",
+    ),
+]
+_OpenSetOption = Annotated[
+    bool,
+    typer.Option(
+        "--open-set",
+        help="Add open-set identification: half the manifest's speakers held out as "
+        "impostors, decided at the raw-cosine EER threshold",
+    ),
+]
+_EnrollmentOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Enrollment map, 'MODEL UTT [UTT ...]' per line: trials may name a model on "
+        "their enrolment side (the mean of its utterances)"
+    ),
+]
+_ScoresOption = Annotated[
+    Path | None,
+    typer.Option(help="Also write the scores, 'LABEL ENROL TEST SCORE' per trial, here"),
+]
+_ReportOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Also write a report folder: report.md, report.html, DET curve, score "
+        "histograms, threshold table"
+    ),
+]
+
+
 @app.command("eval")
 @clean_errors
 def eval_cmd(
     bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
-    manifest: Annotated[
-        Path, typer.Option(help="Manifest (JSONL) of the utterances the trials name")
-    ],
-    trials: Annotated[Path, typer.Option(help="Trial list: 'LABEL ENROL TEST' per line")],
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of text")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the results as JSON here")] = None,
+    manifest: _ManifestOption,
+    trials: _TrialsOption,
+    json_: _JsonOption = False,
+    out: _OutJsonOption = None,
     batch_size: Annotated[int, typer.Option(help="Utterances per batch")] = 16,
-    p_target: Annotated[
-        float, typer.Option(help="Prior of a target trial for the headline minDCF")
-    ] = 0.01,
+    p_target: _PTargetOption = 0.01,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
-    condition: Annotated[
-        str,
-        typer.Option(
-            help="Test condition: full (whole utterances), crop (one crop from the start), "
-            "multi_crop (mean of evenly spaced crops)"
-        ),
-    ] = "full",
-    crop_s: Annotated[
-        float | None, typer.Option(help="Crop length in seconds (crop, multi_crop); default 3.0")
-    ] = None,
-    num_crops: Annotated[
-        int | None, typer.Option(help="Crops per utterance (multi_crop); default 5")
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option(help="Folder of cached embeddings, one file per bundle and condition"),
-    ] = None,
-    norm: Annotated[
-        str, typer.Option(help="Score normalisation: none, znorm, tnorm, snorm, asnorm")
-    ] = "none",
-    cohort: Annotated[
-        Path | None,
-        typer.Option(
-            help="Manifest of cohort speakers, disjoint from the trials' (e.g. the training "
-            "manifest); needed by --norm"
-        ),
-    ] = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            help="AS-norm: closest cohort speakers used; default 300, or the cohort size if smaller"
-        ),
-    ] = None,
-    identification: Annotated[
-        bool,
-        typer.Option(
-            "--identification",
-            help="Add closed-set top-1/top-5 identification over the manifest's utterances",
-        ),
-    ] = False,
-    open_set: Annotated[
-        bool,
-        typer.Option(
-            "--open-set",
-            help="Add open-set identification: half the manifest's speakers held out as "
-            "impostors, decided at the raw-cosine EER threshold",
-        ),
-    ] = False,
-    enrollment: Annotated[
-        Path | None,
-        typer.Option(
-            help="Enrollment map, 'MODEL UTT [UTT ...]' per line: trials may name a model on "
-            "their enrolment side (the mean of its utterances)"
-        ),
-    ] = None,
-    scores: Annotated[
-        Path | None,
-        typer.Option(help="Also write the scores, 'LABEL ENROL TEST SCORE' per trial, here"),
-    ] = None,
-    report: Annotated[
-        Path | None,
-        typer.Option(
-            help="Also write a report folder: report.md, report.html, DET curve, score "
-            "histograms, threshold table"
-        ),
-    ] = None,
+    condition: _ConditionOption = "full",
+    crop_s: _CropOption = None,
+    num_crops: _NumCropsOption = None,
+    cache: _CacheOption = None,
+    norm: _NormOption = "none",
+    cohort: _CohortOption = None,
+    top_k: _TopKOption = None,
+    identification: _IdentificationOption = False,
+    open_set: _OpenSetOption = False,
+    enrollment: _EnrollmentOption = None,
+    scores: _ScoresOption = None,
+    report: _ReportOption = None,
 ) -> None:
     """EER and minDCF of a bundle on a trial list: cosine scores under a test condition,
     optionally normalised against a cohort, optionally with identification accuracy."""

@@ -331,6 +331,81 @@ def evaluate(
     >>> result.metrics.eer, result.normalization.top_k  # doctest: +SKIP
     (0.041, 100)
     """
+    _check_normalization_options(norm, cohort, top_k)  # before the work of embedding
+    by_id = {u.utt_id: u for u in utts}
+    models = _check_enrollment(enrollment or {}, by_id, trials, trials_path, enrollment_path)
+    check_trials_against(trials, by_id.keys() | models.keys(), trials_path)
+    used_models = {m: models[m] for m in sorted({t.enrol for t in trials if t.enrol in models})}
+    needed = _needed_utterances(trials, used_models)
+
+    # Embed: the utterances the trials need (every one for identification), then the models.
+    to_embed = list(by_id.values()) if identification or open_set else [by_id[u] for u in needed]
+    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    embeddings, num_embedded, num_cached = embed_with_cache(
+        bundle, to_embed, condition, cache, **options
+    )
+    embeddings = _with_enrollment_models(embeddings, used_models)
+
+    # Score, then normalise against the cohort's speaker means.
+    raw_scores = cosine_scores(embeddings, trials)
+    scores, normalization = raw_scores, ScoreNormalization()
+    if norm != "none":
+        assert cohort is not None
+        cohort_utts = list(cohort)
+        cohort_emb, computed, cached = embed_with_cache(
+            bundle, cohort_utts, condition, cache, **options
+        )
+        num_embedded += computed
+        num_cached += cached
+        scores, normalization = _normalize(
+            norm,
+            raw_scores,
+            embeddings,
+            trials,
+            cohort_utts,
+            cohort_emb,
+            trial_speakers={by_id[u].speaker for u in needed},
+            cohort_name=cohort_name,
+            top_k=top_k,
+        )
+
+    # Metrics.
+    labels = np.array([t.label for t in trials], dtype=np.int64)
+    identified, open_set_result = _identify(
+        by_id,
+        embeddings,
+        closed_set=identification,
+        open_set=open_set,
+        raw_scores=raw_scores,
+        labels=labels,
+    )
+    return EvalResult(
+        metrics=compute_verification_metrics(scores, labels, p_target=p_target),
+        scores=scores,
+        labels=labels,
+        min_dcfs=tuple(
+            compute_min_dcf(scores, labels, p_target=p)
+            for p in sorted(set(REPORTED_P_TARGETS) | {float(p_target)})
+        ),
+        condition=condition,
+        normalization=normalization,
+        identification=identified,
+        num_embedded=num_embedded,
+        num_cached=num_cached,
+        trials=tuple(trials),
+        operating_points=tuple(operating_points(scores, labels)),
+        open_set=open_set_result,
+        num_enrollment_models=len(used_models),
+    )
+
+
+# -- the steps of evaluate -------------------------------------------------------------------------
+
+
+def _check_normalization_options(
+    norm: str, cohort: Sequence[Utterance] | None, top_k: int | None
+) -> None:
+    """ValueError for a normalisation request that cannot run (see :func:`evaluate`)."""
     if norm not in NORMALIZATION_METHODS:
         raise ValueError(
             f"unknown normalisation {norm!r}; choose one of {', '.join(NORMALIZATION_METHODS)}"
@@ -341,116 +416,118 @@ def evaluate(
         raise ValueError("a cohort is used only by score normalisation, but norm is 'none'")
     if top_k is not None and norm != "asnorm":
         raise ValueError(f"top_k applies to AS-norm only, got top_k={top_k} with {norm!r}")
-    if top_k is not None:  # checked before the work of embedding
+    if top_k is not None:
         num_cohort = len({u.speaker for u in cohort or ()})
         if not 2 <= top_k <= num_cohort:
             raise ValueError(
                 f"top_k must be between 2 and the cohort size ({num_cohort} speakers), got {top_k}"
             )
-    by_id = {u.utt_id: u for u in utts}
-    models = _check_enrollment(enrollment or {}, by_id, trials, trials_path, enrollment_path)
-    check_trials_against(trials, by_id.keys() | models.keys(), trials_path)
-    used_models = sorted({t.enrol for t in trials if t.enrol in models})
-    needed = sorted(
+
+
+def _needed_utterances(trials: Sequence[Trial], models: Mapping[str, Sequence[str]]) -> list[str]:
+    """Sorted ids of the utterances the trials score: test sides, enrolment sides that are
+    utterances, and the members of the enrollment ``models`` they use."""
+    return sorted(
         {t.test for t in trials}
         | {t.enrol for t in trials if t.enrol not in models}
-        | {u for m in used_models for u in models[m]}
+        | {u for members in models.values() for u in members}
     )
-    everything = identification or open_set
-    to_embed = list(by_id.values()) if everything else [by_id[u] for u in needed]
-    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
-    embeddings, num_embedded, num_cached = embed_with_cache(
-        bundle, to_embed, condition, cache, **options
-    )
+
+
+def _with_enrollment_models(
+    embeddings: Mapping[str, np.ndarray], models: Mapping[str, Sequence[str]]
+) -> dict[str, np.ndarray]:
+    """``embeddings`` plus one per enrollment model: the unit mean of its members' unit rows."""
     embeddings = dict(embeddings)
-    for model in used_models:
-        members = unit_rows(np.stack([embeddings[u] for u in models[model]]).astype(np.float64))
-        embeddings[model] = unit_rows(members.sum(axis=0, keepdims=True))[0]
-    scores = cosine_scores(embeddings, trials)
-    raw_scores = scores
+    for model, members in models.items():
+        rows = unit_rows(np.stack([embeddings[u] for u in members]).astype(np.float64))
+        embeddings[model] = unit_rows(rows.sum(axis=0, keepdims=True))[0]
+    return embeddings
 
-    normalization = ScoreNormalization()
-    if norm != "none":
-        assert cohort is not None
-        cohort_utts = list(cohort)
-        cohort_emb, computed, cached = embed_with_cache(
-            bundle, cohort_utts, condition, cache, **options
-        )
-        num_embedded += computed
-        num_cached += cached
-        cohort_matrix = cohort_from_manifest(cohort_utts, cohort_emb)
-        num_cohort = len(cohort_matrix)
-        note = ""
-        if norm == "asnorm":
-            if top_k is None:
-                top_k = min(DEFAULT_ASNORM_TOP_K, num_cohort)
-                if top_k < DEFAULT_ASNORM_TOP_K:
-                    note = (
-                        f"top_k = the cohort size {num_cohort} (the default "
-                        f"{DEFAULT_ASNORM_TOP_K} is larger), so AS-norm equals s-norm here"
-                    )
-            elif top_k == num_cohort:
-                note = f"top_k = the cohort size {num_cohort}, so AS-norm equals s-norm here"
-        trial_speakers = {by_id[u].speaker for u in needed}
-        overlap = trial_speakers & {u.speaker for u in cohort_utts}
-        if overlap:
-            log.warning(
-                "%d cohort speaker(s) also occur in the trials (e.g. %s): a cohort should be "
-                "disjoint from the trial speakers",
-                len(overlap),
-                sorted(overlap)[:3],
+
+def _asnorm_top_k(top_k: int | None, num_cohort: int) -> tuple[int, str]:
+    """AS-norm's top_k (the default capped at the cohort size) and a note when it equals s-norm."""
+    if top_k is None:
+        top_k = min(DEFAULT_ASNORM_TOP_K, num_cohort)
+        if top_k < DEFAULT_ASNORM_TOP_K:
+            return top_k, (
+                f"top_k = the cohort size {num_cohort} (the default "
+                f"{DEFAULT_ASNORM_TOP_K} is larger), so AS-norm equals s-norm here"
             )
-        scores = normalize_scores(norm, embeddings, trials, scores, cohort_matrix, top_k=top_k)
-        normalization = ScoreNormalization(
-            method=norm,
-            cohort=cohort_name,
-            num_cohort_speakers=num_cohort,
-            num_cohort_utterances=len(cohort_utts),
-            top_k=top_k if norm == "asnorm" else None,
-            note=note,
-            num_overlapping_speakers=len(overlap),
-        )
+    elif top_k == num_cohort:
+        return top_k, f"top_k = the cohort size {num_cohort}, so AS-norm equals s-norm here"
+    return top_k, ""
 
-    labels = np.array([t.label for t in trials], dtype=np.int64)
-    metrics = compute_verification_metrics(scores, labels, p_target=p_target)
-    min_dcfs = tuple(
-        compute_min_dcf(scores, labels, p_target=p)
-        for p in sorted(set(REPORTED_P_TARGETS) | {float(p_target)})
+
+def _normalize(
+    norm: str,
+    scores: np.ndarray,
+    embeddings: Mapping[str, np.ndarray],
+    trials: Sequence[Trial],
+    cohort_utts: Sequence[Utterance],
+    cohort_emb: Mapping[str, np.ndarray],
+    *,
+    trial_speakers: set[str],
+    cohort_name: str,
+    top_k: int | None,
+) -> tuple[np.ndarray, ScoreNormalization]:
+    """The trials' scores normalised against the cohort's speaker means, and how."""
+    cohort_matrix = cohort_from_manifest(cohort_utts, cohort_emb)
+    num_cohort = len(cohort_matrix)
+    note = ""
+    if norm == "asnorm":
+        top_k, note = _asnorm_top_k(top_k, num_cohort)
+    overlap = trial_speakers & {u.speaker for u in cohort_utts}
+    if overlap:
+        log.warning(
+            "%d cohort speaker(s) also occur in the trials (e.g. %s): a cohort should be "
+            "disjoint from the trial speakers",
+            len(overlap),
+            sorted(overlap)[:3],
+        )
+    normalized = normalize_scores(norm, embeddings, trials, scores, cohort_matrix, top_k=top_k)
+    return normalized, ScoreNormalization(
+        method=norm,
+        cohort=cohort_name,
+        num_cohort_speakers=num_cohort,
+        num_cohort_utterances=len(cohort_utts),
+        top_k=top_k if norm == "asnorm" else None,
+        note=note,
+        num_overlapping_speakers=len(overlap),
     )
+
+
+def _identify(
+    by_id: Mapping[str, Utterance],
+    embeddings: Mapping[str, np.ndarray],
+    *,
+    closed_set: bool,
+    open_set: bool,
+    raw_scores: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[tuple[IdentificationResult, ...], OpenSetResult | None]:
+    """Closed-set results (every mode) and the open-set result over every utterance of the
+    manifest, each when asked for; open-set decides at the EER threshold of the raw scores."""
+    if not (closed_set or open_set):
+        return (), None
+    ids = sorted(by_id)
+    matrix = np.stack([embeddings[u] for u in ids])
+    speakers = [by_id[u].speaker for u in ids]
     identified: tuple[IdentificationResult, ...] = ()
-    open_set_result = None
-    if everything:
-        ids = sorted(by_id)
-        matrix = np.stack([embeddings[u] for u in ids])
-        speakers = [by_id[u].speaker for u in ids]
-    if identification:
+    if closed_set:
         identified = tuple(
             closed_set_identification(matrix, speakers, mode=mode) for mode in IDENTIFICATION_MODES
         )
-    if open_set:
-        enrol_rows, known_rows, unknown_rows = open_set_split(ids, speakers)
-        test_rows = np.concatenate([known_rows, unknown_rows])
-        open_set_result = open_set_identification(
-            matrix[enrol_rows],
-            [speakers[r] for r in enrol_rows],
-            matrix[test_rows],
-            [speakers[r] for r in test_rows],
-            threshold=compute_verification_metrics(raw_scores, labels).eer_threshold,
-        )
-    return EvalResult(
-        metrics=metrics,
-        scores=scores,
-        labels=labels,
-        min_dcfs=min_dcfs,
-        condition=condition,
-        normalization=normalization,
-        identification=identified,
-        num_embedded=num_embedded,
-        num_cached=num_cached,
-        trials=tuple(trials),
-        operating_points=tuple(operating_points(scores, labels)),
-        open_set=open_set_result,
-        num_enrollment_models=len(used_models),
+    if not open_set:
+        return identified, None
+    enrol_rows, known_rows, unknown_rows = open_set_split(ids, speakers)
+    test_rows = np.concatenate([known_rows, unknown_rows])
+    return identified, open_set_identification(
+        matrix[enrol_rows],
+        [speakers[r] for r in enrol_rows],
+        matrix[test_rows],
+        [speakers[r] for r in test_rows],
+        threshold=compute_verification_metrics(raw_scores, labels).eer_threshold,
     )
 
 
