@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO_DATA = REPO / "data" / "demo" / "speechocean762"
+
+# torch.compile's on-disk cache does not key on the kernels torch was told to use
+# (ATEN_CPU_CAPABILITY): code cached by a run with AVX2 kernels made a later native run abort in a
+# convolution (torch 2.13). `make test` runs the suite both ways, so each kind gets its own cache.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    str(
+        Path(tempfile.gettempdir())
+        / f"torchinductor_{getpass.getuser()}_{torch.backends.cpu.get_cpu_capability().lower()}"
+    ),
+)
 
 
 @pytest.fixture(scope="session")
