@@ -29,8 +29,8 @@ demo: install
 # `make test` checks both kinds of x86 CPU whatever the machine it runs on: the whole suite
 # natively, the numeric tests again with torch's AVX2 kernels, and the int8 ONNX tests
 # on an emulated Haswell (AVX2, no AVX-512, no VNNI), where onnxruntime picks its AVX2 kernels.
-AVX2_TESTS ?= tests/models tests/features tests/losses tests/export tests/train tests/augment \
-	tests/inference/test_encoder.py
+AVX2_TESTS ?= tests/models tests/features tests/losses tests/export/test_onnx.py \
+	tests/export/test_torchscript.py tests/train/test_distributed.py tests/inference/test_encoder.py
 HASWELL_TESTS ?= tests/export/test_onnx.py -k int8
 # The features TCG lacks are dropped so that qemu does not warn about them; none is a SIMD one.
 QEMU_HASWELL := qemu-x86_64 -cpu Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm
