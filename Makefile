@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-peers.txt
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps -r requirements-peers.txt
 	touch $@
 
 install: $(VENV)/.installed

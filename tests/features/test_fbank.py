@@ -69,7 +69,7 @@ def knf_fbank(wav: np.ndarray, config: FbankConfig) -> np.ndarray:
     opts.use_power = True
     opts.use_log_fbank = True
     extractor = knf.OnlineFbank(opts)
-    extractor.accept_waveform(config.sample_rate, (wav * 32768.0).astype(np.float32).tolist())
+    extractor.accept_waveform(config.sample_rate, (wav * config.waveform_scale).astype(np.float32).tolist())
     extractor.input_finished()
     frames = [extractor.get_frame(i) for i in range(extractor.num_frames_ready)]
     return np.stack(frames) if frames else np.zeros((0, config.num_mel_bins), np.float32)
@@ -162,6 +162,24 @@ def test_parity_with_knf_for_other_configs(config):
 
 
 @needs_data
+@needs_data
+def test_waveform_scale_one_is_kaldi_on_unscaled_samples():
+    """3D-Speaker's front end: Kaldi's fbank on the waveform in [-1, 1] (not int16-scaled), which
+    differs from the int16 one by a constant per bin only above the log floor."""
+    wav = load_audio(OPUS_FILES[0], 16000)
+    config = FbankConfig(dither=0.0, mean_norm=False, waveform_scale=1.0)
+    check(compare(wav, config))
+    int16 = ours(wav, FbankConfig(dither=0.0, mean_norm=False))
+    unscaled = ours(wav, config)
+    above_floor = unscaled > np.log(np.finfo(np.float32).eps) + 5.0
+    assert above_floor.mean() > 0.9
+    shifted = int16 - np.log(32768.0**2)
+    np.testing.assert_allclose(unscaled[above_floor], shifted[above_floor], atol=2e-3)
+    assert not np.allclose(unscaled, shifted, atol=2e-3)  # the floor is where they differ
+    assert FbankConfig.from_dict(config.to_dict()) == config
+    assert "waveform_scale" not in FbankConfig().to_dict()  # older bundles' dicts are unchanged
+
+
 def test_parity_with_knf_at_8k():
     config = FbankConfig(sample_rate=8000, num_mel_bins=40, mean_norm=False, dither=0.0)
     wav = load_audio(FSDD_FILE, 8000)

@@ -56,6 +56,19 @@ _FEATURE_BUFFERS = ("preprocessor.featurizer.fb", "preprocessor.featurizer.windo
 _INTERPOLATION = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
 
 
+LAYOUT = "a .nemo archive (or a folder holding one, or its extracted model_config.yaml + model_weights.ckpt)"
+
+
+def find(path: Path) -> tuple[Path, Path | None] | None:
+    """``(archive or extracted folder, None)`` when ``path`` is in NeMo's layout."""
+    if path.is_file():
+        return (path, None) if path.suffix == ".nemo" else None
+    if (path / CONFIG_MEMBER).is_file() and (path / WEIGHTS_MEMBER).is_file():
+        return path, None
+    archives = sorted(path.glob("*.nemo"))
+    return (archives[0], None) if len(archives) == 1 else None
+
+
 def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     """Write a bundle at ``out`` from a NeMo TitaNet ``.nemo`` archive.
 

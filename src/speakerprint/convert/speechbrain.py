@@ -54,6 +54,19 @@ _FOREIGN_PREFIXES = ("classifier.", "mean_var_norm_emb.", "compute_features.", "
 _MODEL_PREFIXES = ("blocks.", "mfa.", "asp.", "asp_bn.", "fc.")
 
 
+LAYOUT = "a folder with embedding_model.ckpt (and hyperparams.yaml), as on the hub"
+
+
+def find(path: Path) -> tuple[Path, Path | None] | None:
+    """``(embedding_model.ckpt, hyperparams.yaml or None)`` when ``path`` is in SpeechBrain's
+    layout: the file itself or a folder holding it."""
+    checkpoint = path / "embedding_model.ckpt" if path.is_dir() else path
+    if checkpoint.name != "embedding_model.ckpt" or not checkpoint.is_file():
+        return None
+    hyper = checkpoint.parent / HYPERPARAMS_FILE
+    return checkpoint, hyper if hyper.is_file() else None
+
+
 def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     """Write a bundle at ``out`` from SpeechBrain's ``embedding_model.ckpt``.
 

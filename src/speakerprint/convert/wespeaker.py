@@ -66,6 +66,25 @@ _ECAPA_RES2_CONVS = 7
 _HEAD_PREFIX = "projection."
 
 
+LAYOUT = "a folder with avg_model.pt and config.yaml, as WeSpeaker's model downloads"
+
+
+def find(path: Path) -> tuple[Path, Path | None] | None:
+    """``(avg_model.pt, config.yaml)`` when ``path`` is in WeSpeaker's layout: a ``.pt`` file with
+    ``config.yaml`` beside it, or a folder holding ``avg_model.pt`` (or a single ``.pt``) and
+    ``config.yaml``."""
+    if path.is_dir():
+        candidates = [path / "avg_model.pt"] if (path / "avg_model.pt").is_file() else []
+        candidates = candidates or sorted(path.glob("*.pt"))
+        if len(candidates) != 1:
+            return None
+        path = candidates[0]
+    config = path.parent / "config.yaml"
+    if path.suffix != ".pt" or not path.is_file() or not config.is_file():
+        return None
+    return path, config
+
+
 def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     """Write a speakerprint bundle at ``out`` from WeSpeaker's ``avg_model.pt`` and its config.
 

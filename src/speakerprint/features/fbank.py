@@ -56,6 +56,9 @@ class FbankConfig:
         window: ``"povey"`` (Hann to the power 0.85), ``"hamming"`` or ``"hann"``.
         remove_dc_offset: subtract each frame's mean before pre-emphasis.
         mean_norm: subtract the utterance mean over valid frames from every valid frame.
+        waveform_scale: the waveform in [-1, 1] is multiplied by this before framing: 32768 is
+            Kaldi's int16 scale (and WeSpeaker's); 3D-Speaker feeds [-1, 1] itself (1.0). Only
+            the log floor and dither see the difference once the mean is subtracted.
 
     >>> FbankConfig(num_mel_bins=40).to_dict()["num_mel_bins"]
     40
@@ -72,6 +75,7 @@ class FbankConfig:
     window: str = "povey"
     remove_dc_offset: bool = True
     mean_norm: bool = True
+    waveform_scale: float = 32768.0
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -88,6 +92,8 @@ class FbankConfig:
             problems.append(f"preemphasis must be in [0, 1], got {self.preemphasis}")
         if not (math.isfinite(self.dither) and self.dither >= 0.0):
             problems.append(f"dither must be >= 0, got {self.dither}")
+        if not (math.isfinite(self.waveform_scale) and self.waveform_scale > 0.0):
+            problems.append(f"waveform_scale must be > 0, got {self.waveform_scale}")
         if self.window not in _WINDOWS:
             problems.append(f"window must be one of {_WINDOWS}, got {self.window!r}")
         nyquist = self.sample_rate / 2
@@ -123,8 +129,12 @@ class FbankConfig:
         return self.high_freq_hz if self.high_freq_hz > 0 else nyquist + self.high_freq_hz
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
+        """Plain JSON-ready dict of every field; ``waveform_scale`` only when it is not 32768,
+        so that the dicts (and the fingerprints) of bundles written before it existed stay."""
+        data = dataclasses.asdict(self)
+        if data["waveform_scale"] == 32768.0:
+            del data["waveform_scale"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FbankConfig:
@@ -373,7 +383,7 @@ class Fbank(nn.Module):
             if num_samples < config.window_size:
                 feats = wav.new_zeros(batch, 0, config.num_mel_bins, dtype=torch.float32)
                 return feats, frame_lengths
-            x = wav.float() * 32768.0
+            x = wav.float() * float(config.waveform_scale)
             frames = x.unfold(-1, config.window_size, config.window_shift)  # (B, T, win)
             if self.training and config.dither > 0:
                 frames = frames + config.dither * torch.randn_like(frames)
@@ -418,6 +428,7 @@ class ExportFbank(nn.Module):
         self.preemphasis = float(config.preemphasis)
         self.remove_dc_offset = bool(config.remove_dc_offset)
         self.mean_norm = bool(config.mean_norm)
+        self.waveform_scale = float(config.waveform_scale)
         self.register_buffer("offsets", torch.arange(config.window_size), persistent=False)
         self.register_buffer("window", fbank.window.detach().float().clone(), persistent=False)
         basis = dft_basis(config.window_size, config.fft_size).float()
@@ -434,7 +445,7 @@ class ExportFbank(nn.Module):
         num_frames = (wav.shape[1] - self.window_size) // self.window_shift + 1
         starts = torch.arange(num_frames, device=wav.device) * self.window_shift  # (T,)
         index = starts.unsqueeze(1) + self.offsets.unsqueeze(0)  # (T, win)
-        frames = wav.float()[:, index] * 32768.0  # (B, T, win)
+        frames = wav.float()[:, index] * self.waveform_scale  # (B, T, win)
         feats = log_mel(
             frames,
             frame_lengths,
