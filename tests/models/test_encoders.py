@@ -57,6 +57,16 @@ SMALL_HPARAMS = {
     "xvector": {"channels": 16, "stats_channels": 24, "embed_dim": 16},
     "lstm_dvector": {"hidden_size": 16, "num_layers": 2, "embed_dim": 8},
     "deep_speaker": {"channels": [4, 8], "blocks_per_stage": 1, "embed_dim": 16},
+    # Two blocks in stage 1 (an identity shortcut), three Res2Net groups (two chained fusions),
+    # global fusion from stage 2 so the chain has two steps.
+    "eres2net": {
+        "base_channels": 4,
+        "blocks": [2, 1, 1, 1],
+        "embed_dim": 16,
+        "scale": 3,
+        "local_fusion_from": 2,
+        "global_fusion_from": 2,
+    },
 }
 
 
@@ -265,6 +275,12 @@ EXPECTED_PARAMETERS = {
     "deep_speaker": 24_165_568,
     "deep_speaker_rescnn": 24_165_568,
     "deep_speaker_small": 98_040,
+    "eres2net": 6_610_688,
+    "eres2net_base": 6_610_688,
+    "eres2net_large": 29_016_704,
+    "eres2net_huge": 55_165_024,
+    "eres2netv2": 17_859_632,
+    "eres2netv2_w24s4ep4": 53_513_632,
 }
 EXPECTED_MILLIONS = {
     "ecapa_tdnn_c512": (6.19, 2),
@@ -272,6 +288,8 @@ EXPECTED_MILLIONS = {
     "ecapa_tdnn_c1024_mfa3072": (20.8, 1),
     "resnet34": (6.63, 2),
     "deep_speaker_rescnn": (24, 0),
+    "eres2net_base": (6.61, 2),
+    "eres2netv2": (17.86, 2),
 }
 
 
