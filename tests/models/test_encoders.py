@@ -258,7 +258,9 @@ def test_torchscript_matches_eager_for_any_shape(family):
 # ECAPA_TDNN_GLOB_c1024 as 14.65M (truncated); 3D-Speaker reports 20.8M for its C=1024 ECAPA.
 # TitaNet's paper figures include a 16,681-speaker head: see test_zoo.py. WeSpeaker reports
 # ResNet34 as 6.63M; Deep Speaker's paper ResCNN as 24M. The x-vector TDNN (24 filterbanks, up to
-# segment6) and the GE2E LSTM have no published encoder-only count to hold them to.
+# segment6) and the GE2E LSTM have no published encoder-only count to hold them to. 3D-Speaker
+# reports ERes2Net-base as 6.61M and ERes2NetV2 as 17.8M (egs/voxceleb READMEs); the other
+# ERes2Net counts equal those of speakerlab's own classes (tests/convert/test_speakerlab_eres2net.py).
 EXPECTED_PARAMETERS = {
     "ecapa_tdnn": 6_194_432,
     "ecapa_tdnn_c512": 6_194_432,

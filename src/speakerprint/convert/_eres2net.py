@@ -16,9 +16,9 @@ their tensor names and maps the weights:
 Every width (``m_channels``, ``baseWidth``, ``scale``, ``expansion``, blocks per stage, the embedding
 size) is read from the tensor shapes, so any width converts; the values that ModelScope's
 ``model_config`` states (``channels``, ``baseWidth``, ``scale``, ``expansion``, ``embed_dim``,
-``fbank_dim``) are checked against them. The second embedding layer (``two_emb_layer``) and
-poolings other than TSTP (which has no tensors, so it cannot be told apart from TAP/TSDP by name;
-the ``seg_1`` input size tells them apart) are refused.
+``fbank_dim``) are checked against them. Refused by name: the second embedding layer
+(``two_emb_layer``, tensor ``seg_2``) and poolings other than TSTP (mean and std; a ``seg_1`` input
+that is not twice the last stage's channels times the pooled frequency bins).
 """
 
 from __future__ import annotations

@@ -350,7 +350,8 @@ def eres2net_base(*, feat_dim: int = 80, embed_dim: int = 192) -> ERes2Net:
 
 @register_model
 def eres2net_large(*, feat_dim: int = 80, embed_dim: int = 512) -> ERes2Net:
-    """c = 64, otherwise ERes2Net-base: 3D-Speaker's ERes2Net-large (3D-Speaker dataset, 512-d)."""
+    """c = 64, otherwise ERes2Net-base: 3D-Speaker's ERes2Net-large, 512-d as its 3D-Speaker-dataset
+    model (29.0M); with ``embed_dim=192`` the 22.46M of its VoxCeleb and CN-Celeb tables."""
     return ERes2Net(feat_dim=feat_dim, embed_dim=embed_dim, base_channels=64)
 
 
