@@ -61,8 +61,6 @@ from speakerprint.models.utils import check_int, masked_mean, masked_mean_std
 # (kernel size, dilation) of frame layers 1-5: the contexts of the paper's table 1.
 FRAME_CONTEXTS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))
 POOLING_STDS = ("population", "unbiased")
-# SpeechBrain's StatisticsPooling adds this to the standard deviation after the square root.
-UNBIASED_STD_OFFSET = 1e-5
 
 
 class XVectorTdnn(EncoderModule):
@@ -124,8 +122,11 @@ class XVectorTdnn(EncoderModule):
         }
         # Layout arguments are recorded only when they differ from the paper's, so the bundles
         # saved before they existed keep their config, and with it their fingerprint.
-        layout = {"negative_slope": float(negative_slope), "padding_mode": padding_mode}
-        layout["pooling_std"] = pooling_std
+        layout = {
+            "negative_slope": float(negative_slope),
+            "padding_mode": padding_mode,
+            "pooling_std": pooling_std,
+        }
         defaults = {"negative_slope": 0.0, "padding_mode": "zeros", "pooling_std": "population"}
         self._hparams.update({k: v for k, v in layout.items() if v != defaults[k]})
         widths = [feat_dim] + [channels] * (len(FRAME_CONTEXTS) - 1) + [stats_channels]
@@ -153,7 +154,8 @@ class XVectorTdnn(EncoderModule):
             squares = ((x - mean.unsqueeze(-1)).square() * mask).sum(dim=-1)
             count = mask.sum(dim=-1).to(x.dtype)  # (B, 1)
             variance = squares / (count - 1).clamp(min=1)
-            std = variance.clamp(min=1e-12).sqrt() + UNBIASED_STD_OFFSET
+            # + 1e-5 after the square root, as SpeechBrain's StatisticsPooling adds it.
+            std = variance.clamp(min=1e-12).sqrt() + 1e-5
         else:
             mean, std = masked_mean_std(x, mask)
         return self.embedding(torch.cat([mean, std], dim=1))
