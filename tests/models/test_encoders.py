@@ -273,6 +273,7 @@ EXPECTED_PARAMETERS = {
     "resnet": 6_634_336,
     "resnet34": 6_634_336,
     "xvector": 4_211_604,
+    "xvector_speechbrain": 4_211_604,
     "lstm_dvector": 4_663_296,
     "deep_speaker": 24_165_568,
     "deep_speaker_rescnn": 24_165_568,

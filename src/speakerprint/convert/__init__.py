@@ -8,7 +8,7 @@ settings, and writes a bundle that gives the peer's embeddings:
 ========== ===================================================== ===============================
 source     files                                                 models
 ========== ===================================================== ===============================
-speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN (spkrec-ecapa-voxceleb)
+speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN, x-vector (spkrec-*)
 wespeaker  ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34
 nemo       ``*.nemo`` archive                                    TitaNet
 ========== ===================================================== ===============================
