@@ -33,7 +33,12 @@ def _mb(size: int) -> str:
 
 def unavailable_message(entry: PretrainedModel, reason: str) -> str:
     """One paragraph: which model, why it cannot be had, the files it needs, how to give them."""
-    files = ", ".join(f"{f.name} ({_mb(f.size)}, sha256 {f.sha256[:12]}...)" for f in entry.files)
+    files = ", ".join(
+        f.name
+        + (f" ({_mb(f.size)})" if f.size else "")
+        + (f", sha256 {f.sha256}" if f.sha256 else "")
+        for f in entry.files
+    )
     where = f"https://huggingface.co/{entry.hub_id}/tree/{entry.revision}"
     return (
         f"model {entry.alias!r} ({entry.hub_id} at revision {entry.revision[:12]}) is not in the "
@@ -120,13 +125,13 @@ def fetch_files(entry: PretrainedModel) -> Path:
                 unavailable_message(entry, f"{hub_file.name}: {_reason(error)}")
             ) from None
         digest = sha256_file(path)
-        if digest != hub_file.sha256:
+        if digest != hub_file.sha256:  # only pinned entries come here
             size = path.stat().st_size
             _discard(path)
             raise BundleError(
                 f"model {entry.alias!r}: {hub_file.name} from {entry.hub_id} has sha256 "
-                f"{digest} ({size} bytes), not the pinned {hub_file.sha256} ({hub_file.size} "
-                "bytes); the file was deleted from the cache, and the next call downloads it again"
+                f"{digest} ({size} bytes), not the pinned {hub_file.sha256}; the file was deleted "
+                "from the cache, and the next call downloads it again"
             )
         if folder is None:  # the snapshot folder: the file's path minus its path in the repo
             folder = path

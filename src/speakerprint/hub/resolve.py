@@ -115,6 +115,15 @@ def _from_catalog(entry: PretrainedModel) -> Path:
     target = bundle_path(entry)
     if _is_bundle(target):
         return target
+    if not entry.pinned:
+        files = ", ".join(f.name for f in entry.files)
+        raise ModelUnavailableError(
+            f"model {entry.alias!r} ({entry.hub_id}, revision {entry.revision}) is known but not "
+            "downloaded by speakerprint: no published sha256 of its files was found to pin it to. "
+            f"Get {files} from {entry.download_page or entry.hub_id} into one folder and pass "
+            f"that folder as the model: it is recognised as a {entry.source} checkpoint and "
+            "converted once, without the network"
+        )
     with locked(target):
         if not _is_bundle(target):
             folder = _package_folder(entry) if entry.package else _download(entry)
