@@ -10,6 +10,7 @@
 from speakerprint.models import (  # noqa: F401
     deep_speaker,
     ecapa,
+    ge2e,
     lstm,
     resnet,
     tdnn,
@@ -19,6 +20,7 @@ from speakerprint.models.base import EncoderModule
 from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
 from speakerprint.models.export import script_encoder
+from speakerprint.models.ge2e import Ge2eLstm
 from speakerprint.models.lstm import LstmDvector
 from speakerprint.models.registry import (
     count_parameters,
@@ -35,6 +37,7 @@ __all__ = [
     "DeepSpeakerResCnn",
     "EcapaTdnn",
     "EncoderModule",
+    "Ge2eLstm",
     "LstmDvector",
     "ResNet",
     "TitaNet",
