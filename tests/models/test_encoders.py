@@ -56,6 +56,14 @@ SMALL_HPARAMS = {
     "resnet": {"base_channels": 4, "blocks": [2, 1, 1, 1], "embed_dim": 16},
     "xvector": {"channels": 16, "stats_channels": 24, "embed_dim": 16},
     "lstm_dvector": {"hidden_size": 16, "num_layers": 2, "embed_dim": 8},
+    # Windows of 8 frames every 4, so the FRAMES-long rows are embedded as several partials.
+    "ge2e_lstm": {
+        "hidden_size": 16,
+        "num_layers": 2,
+        "embed_dim": 8,
+        "partial_frames": 8,
+        "partial_step_frames": 4,
+    },
     "deep_speaker": {"channels": [4, 8], "blocks_per_stage": 1, "embed_dim": 16},
     # Two blocks in stage 1 (an identity shortcut), three Res2Net groups (two chained fusions),
     # global fusion from stage 2 so the chain has two steps.
@@ -275,6 +283,8 @@ EXPECTED_PARAMETERS = {
     "xvector": 4_211_604,
     "xvector_speechbrain": 4_211_604,
     "lstm_dvector": 4_663_296,
+    # Resemblyzer's pretrained.pt holds these 1,423,616 plus GE2E's similarity_weight and _bias.
+    "ge2e_lstm": 1_423_616,
     "deep_speaker": 24_165_568,
     "deep_speaker_rescnn": 24_165_568,
     "deep_speaker_small": 98_040,

@@ -11,6 +11,7 @@ import torch
 from speakerprint.errors import ConfigError
 from speakerprint.models import (
     DeepSpeakerResCnn,
+    Ge2eLstm,
     LstmDvector,
     ResNet,
     TitaNet,
@@ -20,6 +21,7 @@ from speakerprint.models import (
     lengths_to_mask,
 )
 from speakerprint.models.deep_speaker import deep_speaker
+from speakerprint.models.ge2e import ge2e_lstm
 from speakerprint.models.layers import BasicBlock2d, MaskedBatchNorm2d, SqueezeExcitation1d
 from speakerprint.models.lstm import lstm_dvector
 from speakerprint.models.resnet import resnet
@@ -63,6 +65,7 @@ def test_titanet_has_one_se_per_block_and_nemos_widths(name):
         (resnet, ResNet),
         (xvector, XVectorTdnn),
         (lstm_dvector, LstmDvector),
+        (ge2e_lstm, Ge2eLstm),
         (deep_speaker, DeepSpeakerResCnn),
     ],
 )

@@ -13,11 +13,12 @@ from speakerprint.cli.app import app, clean_errors
 @app.command("convert")
 @clean_errors
 def convert_cmd(
-    source: Annotated[str, typer.Argument(help="speechbrain, wespeaker or nemo")],
+    source: Annotated[str, typer.Argument(help="speechbrain, wespeaker, nemo or resemblyzer")],
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            help="SpeechBrain embedding_model.ckpt, WeSpeaker avg_model.pt or a NeMo .nemo archive"
+            help="SpeechBrain embedding_model.ckpt, WeSpeaker avg_model.pt, a NeMo .nemo archive "
+            "or Resemblyzer's pretrained.pt (or the folder holding it)"
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="The bundle folder to write")],

@@ -11,6 +11,7 @@ source     files                                                 models
 speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN, x-vector (spkrec-*)
 wespeaker  ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34
 nemo       ``*.nemo`` archive                                    TitaNet
+resemblyzer ``pretrained.pt`` (in the ``resemblyzer`` wheel)      GE2E LSTM (VoiceEncoder)
 ========== ===================================================== ===============================
 
 A local file or folder in a toolkit's own layout is recognised by :func:`recognise`: each source
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from speakerprint.errors import BundleError, ConfigError
 
-SOURCES = ("speechbrain", "wespeaker", "nemo")
+SOURCES = ("speechbrain", "wespeaker", "nemo", "resemblyzer")
 
 
 def recognise(path: str | os.PathLike) -> tuple[str, Path, Path | None]:

@@ -18,8 +18,9 @@ from speakerprint.errors import BundleError
 
 __all__ = ["NESTING_KEYS", "WRAPPER_PREFIXES", "read_state_dict", "strip_wrapper_prefixes"]
 
-# Keys a state dict is saved under by training code (Lightning, SpeechBrain's checkpointer...).
-NESTING_KEYS = ("embedding_model", "state_dict", "model", "model_state_dict")
+# Keys a state dict is saved under by training code (Lightning, SpeechBrain's checkpointer,
+# Resemblyzer and Real-Time-Voice-Cloning's model_state).
+NESTING_KEYS = ("embedding_model", "state_dict", "model", "model_state_dict", "model_state")
 # Prefixes a wrapper adds to every key: DDP's module., Lightning's model.
 WRAPPER_PREFIXES = ("module.", "model.")
 _MAX_NESTING = 3

@@ -35,6 +35,7 @@ __all__ = [
 FRONTEND_KINDS = {
     "speechbrain": "speakerprint.features.speechbrain",
     "nemo": "speakerprint.features.nemo",
+    "resemblyzer": "speakerprint.features.resemblyzer",
 }
 
 

@@ -11,6 +11,7 @@ from speakerprint.models import (  # noqa: F401
     deep_speaker,
     ecapa,
     eres2net,
+    ge2e,
     lstm,
     resnet,
     tdnn,
@@ -21,6 +22,7 @@ from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
 from speakerprint.models.eres2net import ERes2Net
 from speakerprint.models.export import script_encoder
+from speakerprint.models.ge2e import Ge2eLstm
 from speakerprint.models.lstm import LstmDvector
 from speakerprint.models.registry import (
     count_parameters,
@@ -38,6 +40,7 @@ __all__ = [
     "ERes2Net",
     "EcapaTdnn",
     "EncoderModule",
+    "Ge2eLstm",
     "LstmDvector",
     "ResNet",
     "TitaNet",
