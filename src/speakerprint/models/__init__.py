@@ -8,6 +8,7 @@
 
 # Importing a family's module registers its factories.
 from speakerprint.models import (  # noqa: F401
+    campplus,
     deep_speaker,
     ecapa,
     lstm,
@@ -16,6 +17,7 @@ from speakerprint.models import (  # noqa: F401
     titanet,
 )
 from speakerprint.models.base import EncoderModule
+from speakerprint.models.campplus import CamPlusPlus
 from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
 from speakerprint.models.export import script_encoder
@@ -32,6 +34,7 @@ from speakerprint.models.titanet import TitaNet
 from speakerprint.models.utils import lengths_to_mask
 
 __all__ = [
+    "CamPlusPlus",
     "DeepSpeakerResCnn",
     "EcapaTdnn",
     "EncoderModule",
