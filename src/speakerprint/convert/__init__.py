@@ -11,6 +11,7 @@ source     files                                                 models
 speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN (spkrec-ecapa-voxceleb)
 wespeaker  ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34
 nemo       ``*.nemo`` archive                                    TitaNet
+speakerlab ``*.bin`` (+ ``configuration.json``), 3D-Speaker      CAM++
 ========== ===================================================== ===============================
 
 A local file or folder in a toolkit's own layout is recognised by :func:`recognise`: each source
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from speakerprint.errors import BundleError, ConfigError
 
-SOURCES = ("speechbrain", "wespeaker", "nemo")
+SOURCES = ("speechbrain", "wespeaker", "nemo", "speakerlab")
 
 
 def recognise(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
