@@ -107,9 +107,8 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
             f"{sorted(state)[:5]}"
         )
     encoder, converted, peer_model = family.build(checkpoint, state, model_config)
-    encoder.load_state_dict(
-        {k: v.to(encoder.state_dict()[k].dtype) for k, v in converted.items()}, strict=True
-    )
+    target = encoder.state_dict()
+    encoder.load_state_dict({k: v.to(target[k].dtype) for k, v in converted.items()}, strict=True)
     encoder.eval()
     fbank_config = _fbank_config(config or checkpoint, model_config, encoder.feat_dim)
     info = {
