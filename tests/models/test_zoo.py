@@ -10,6 +10,7 @@ import torch
 
 from speakerprint.errors import ConfigError
 from speakerprint.models import (
+    CamPlusPlus,
     DeepSpeakerResCnn,
     LstmDvector,
     ResNet,
@@ -19,6 +20,7 @@ from speakerprint.models import (
     create_model,
     lengths_to_mask,
 )
+from speakerprint.models.campplus import campplus
 from speakerprint.models.deep_speaker import deep_speaker
 from speakerprint.models.layers import BasicBlock2d, MaskedBatchNorm2d, SqueezeExcitation1d
 from speakerprint.models.lstm import lstm_dvector
@@ -64,6 +66,7 @@ def test_titanet_has_one_se_per_block_and_nemos_widths(name):
         (xvector, XVectorTdnn),
         (lstm_dvector, LstmDvector),
         (deep_speaker, DeepSpeakerResCnn),
+        (campplus, CamPlusPlus),
     ],
 )
 def test_generic_factory_mirrors_the_constructor(factory, cls):
