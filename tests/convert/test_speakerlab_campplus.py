@@ -29,8 +29,8 @@ from speakerprint.models import count_parameters
 from speakerprint.models.bundle import load_bundle
 
 WEIGHTS = "campplus_cn_common.bin"
-# Lengths from 2.3 to 6 s: 115 to 300 frames after the TDNN's stride, so one to three CAM
-# segments of 100 frames, the last one cut short.
+# 2.6 to 3.4 s: 128 to 171 frames after the TDNN's stride, so two 100-frame CAM segments each,
+# the second cut short (where 3D-Speaker's ceil_mode pooling averages fewer frames).
 UTTERANCES = ["000010011", "000010035", "000010053", "000010063"]
 # 3D-Speaker's VoxCeleb table gives CAM++ 7.18M parameters (512-d); at 192-d the same class has:
 PUBLISHED_192_PARAMETERS = 6_848_544
