@@ -21,25 +21,19 @@ from speakerlab.models.eres2net.ERes2Net_huge import ERes2Net as PeerERes2NetHug
 from speakerlab.models.eres2net.ERes2NetV2 import ERes2NetV2 as PeerERes2NetV2
 
 from speakerprint.audio import load_audio
-from speakerprint.convert import _eres2net
-from speakerprint.convert._checkpoint import read_state_dict
+from speakerprint.convert import _eres2net, convert, recognise
 from speakerprint.errors import BundleError
-from speakerprint.features import FbankConfig
 from speakerprint.models import count_parameters, create_model
-from speakerprint.models.bundle import load_bundle, save_bundle
+from speakerprint.models.bundle import load_bundle
 
 UTTERANCES = ["SPEAKER0001/000010011.opus", "SPEAKER0005", "SPEAKER0006"]
 
 
 def _convert(checkpoint: Path, out: Path) -> Path:
-    """Checkpoint of a ModelScope folder -> bundle. Stands in for ``convert("speakerlab", ...)``."""
-    config = json.loads((checkpoint.parent / "configuration.json").read_text())
-    state = read_state_dict(checkpoint, f"3D-Speaker checkpoint {checkpoint}")
-    encoder, _, peer_model = _eres2net.build(checkpoint, state, config["model"]["model_config"])
-    features = FbankConfig(window="povey", waveform_scale=1.0, dither=0.0, mean_norm=True)
-    return save_bundle(
-        out, encoder, features, info={"source": "speakerlab", "peer_model": peer_model}
-    )
+    """A ModelScope folder's checkpoint -> bundle, through the folder's recognised layout."""
+    source, found, config = recognise(checkpoint.parent)
+    assert (source, found) == ("speakerlab", checkpoint)
+    return convert(source, found, out, config=config)
 
 
 # Small widths of each published layout; ``model_config`` as in the ModelScope folders.
@@ -219,7 +213,10 @@ def test_matches_tells_the_layouts_apart():
         (lambda s, c: c.update(embed_dim=192), "embed_dim is 192"),
         (lambda s, c: c.update(baseWidth=32), "baseWidth 32"),
         (lambda s, c: c.update(fbank_dim=64), "64 mel bins"),
-        (lambda s, c: s.pop("fuse34.local_att.0.weight"), "not a 3D-Speaker ERes2Net"),
+        (
+            lambda s, c: s.pop("fuse34.local_att.0.weight"),
+            "not a 3D-Speaker model this converter knows",
+        ),
     ],
     ids=["missing", "unexpected", "shape", "two_emb", "embed_dim", "base_width", "mel", "layout"],
 )

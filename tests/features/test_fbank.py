@@ -69,7 +69,9 @@ def knf_fbank(wav: np.ndarray, config: FbankConfig) -> np.ndarray:
     opts.use_power = True
     opts.use_log_fbank = True
     extractor = knf.OnlineFbank(opts)
-    extractor.accept_waveform(config.sample_rate, (wav * config.waveform_scale).astype(np.float32).tolist())
+    extractor.accept_waveform(
+        config.sample_rate, (wav * config.waveform_scale).astype(np.float32).tolist()
+    )
     extractor.input_finished()
     frames = [extractor.get_frame(i) for i in range(extractor.num_frames_ready)]
     return np.stack(frames) if frames else np.zeros((0, config.num_mel_bins), np.float32)

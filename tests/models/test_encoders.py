@@ -75,6 +75,17 @@ SMALL_HPARAMS = {
         "local_fusion_from": 2,
         "global_fusion_from": 2,
     },
+    # Two dense blocks (dilations 1 and 2); 4-frame CAM segments, so a 24-frame input (12 after
+    # the TDNN's stride) spans several, the last one cut short.
+    "campplus": {
+        "head_channels": 4,
+        "tdnn_channels": 16,
+        "growth_rate": 8,
+        "bottleneck_scale": 2,
+        "block_layers": [2, 2],
+        "embed_dim": 16,
+        "segment_frames": 4,
+    },
 }
 
 
@@ -265,11 +276,14 @@ def test_torchscript_matches_eager_for_any_shape(family):
 # Exact counts without any classifier. WeSpeaker reports ECAPA_TDNN_GLOB_c512 as 6.19M and
 # ECAPA_TDNN_GLOB_c1024 as 14.65M (truncated); 3D-Speaker reports 20.8M for its C=1024 ECAPA.
 # TitaNet's paper figures include a 16,681-speaker head: see test_zoo.py. WeSpeaker reports
-# ResNet34 as 6.63M; Deep Speaker's paper ResCNN as 24M. The x-vector TDNN (24 filterbanks, up to
-# segment6) and the GE2E LSTM have no published encoder-only count to hold them to. 3D-Speaker
-# reports ERes2Net-base as 6.61M and ERes2NetV2 as 17.8M (egs/voxceleb READMEs); the other
-# ERes2Net counts equal those of speakerlab's own classes (tests/convert/test_speakerlab_eres2net.py).
+# ResNet34 as 6.63M; Deep Speaker's paper ResCNN as 24M; 3D-Speaker CAM++ (512-d, VoxCeleb) as
+# 7.18M (egs/voxceleb/sv-cam++/README.md), ERes2Net-base as 6.61M and ERes2NetV2 as 17.8M
+# (egs/voxceleb READMEs); the other ERes2Net counts equal those of speakerlab's own classes
+# (tests/convert/test_speakerlab_eres2net.py). The x-vector TDNN (24 filterbanks, up to segment6)
+# and the GE2E LSTM have no published encoder-only count to hold them to.
 EXPECTED_PARAMETERS = {
+    "campplus": 7_176_224,
+    "campplus_base": 7_176_224,
     "ecapa_tdnn": 6_194_432,
     "ecapa_tdnn_c512": 6_194_432,
     "ecapa_tdnn_c1024": 14_660_800,
@@ -296,6 +310,7 @@ EXPECTED_PARAMETERS = {
     "eres2netv2_w24s4ep4": 53_513_632,
 }
 EXPECTED_MILLIONS = {
+    "campplus_base": (7.18, 2),
     "ecapa_tdnn_c512": (6.19, 2),
     "ecapa_tdnn_c1024": (14.66, 2),
     "ecapa_tdnn_c1024_mfa3072": (20.8, 1),

@@ -10,6 +10,7 @@ import torch
 
 from speakerprint.errors import ConfigError
 from speakerprint.models import (
+    CamPlusPlus,
     DeepSpeakerResCnn,
     Ge2eLstm,
     LstmDvector,
@@ -20,6 +21,7 @@ from speakerprint.models import (
     create_model,
     lengths_to_mask,
 )
+from speakerprint.models.campplus import campplus
 from speakerprint.models.deep_speaker import deep_speaker
 from speakerprint.models.ge2e import ge2e_lstm
 from speakerprint.models.layers import BasicBlock2d, MaskedBatchNorm2d, SqueezeExcitation1d
@@ -67,6 +69,7 @@ def test_titanet_has_one_se_per_block_and_nemos_widths(name):
         (lstm_dvector, LstmDvector),
         (ge2e_lstm, Ge2eLstm),
         (deep_speaker, DeepSpeakerResCnn),
+        (campplus, CamPlusPlus),
     ],
 )
 def test_generic_factory_mirrors_the_constructor(factory, cls):

@@ -12,6 +12,7 @@ speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN, x-
 wespeaker  ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34
 nemo       ``*.nemo`` archive                                    TitaNet
 resemblyzer ``pretrained.pt`` (in the ``resemblyzer`` wheel)      GE2E LSTM (VoiceEncoder)
+speakerlab ``*.bin``/``*.ckpt`` + ``configuration.json``          CAM++, ERes2Net, ERes2NetV2
 ========== ===================================================== ===============================
 
 A local file or folder in a toolkit's own layout is recognised by :func:`recognise`: each source
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from speakerprint.errors import BundleError, ConfigError
 
-SOURCES = ("speechbrain", "wespeaker", "nemo", "resemblyzer")
+SOURCES = ("speechbrain", "wespeaker", "nemo", "resemblyzer", "speakerlab")
 
 
 def recognise(path: str | os.PathLike) -> tuple[str, Path, Path | None]:

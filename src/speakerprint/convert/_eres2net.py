@@ -32,7 +32,9 @@ from speakerprint.errors import BundleError, SpeakerprintError
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
 
-__all__ = ["build", "matches"]
+__all__ = ["PEER_MODEL", "build", "matches"]
+
+PEER_MODEL = "speakerlab.models.eres2net ERes2Net / ERes2NetV2"
 
 _STAGES = 4
 # 3D-Speaker hard-codes 80 mel bins in its ModelScope pipelines.

@@ -8,6 +8,7 @@
 
 # Importing a family's module registers its factories.
 from speakerprint.models import (  # noqa: F401
+    campplus,
     deep_speaker,
     ecapa,
     eres2net,
@@ -18,6 +19,7 @@ from speakerprint.models import (  # noqa: F401
     titanet,
 )
 from speakerprint.models.base import EncoderModule
+from speakerprint.models.campplus import CamPlusPlus
 from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
 from speakerprint.models.eres2net import ERes2Net
@@ -36,6 +38,7 @@ from speakerprint.models.titanet import TitaNet
 from speakerprint.models.utils import lengths_to_mask
 
 __all__ = [
+    "CamPlusPlus",
     "DeepSpeakerResCnn",
     "ERes2Net",
     "EcapaTdnn",
