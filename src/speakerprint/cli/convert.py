@@ -13,7 +13,7 @@ from speakerprint.cli.app import app, clean_errors
 @app.command("convert")
 @clean_errors
 def convert_cmd(
-    source: Annotated[str, typer.Argument(help="speechbrain, wespeaker or nemo")],
+    source: Annotated[str, typer.Argument(help="speechbrain, wespeaker, nemo or pyannote")],
     checkpoint: Annotated[
         Path,
         typer.Argument(

@@ -5,13 +5,14 @@ that reads the peer's files (never importing the peer's code), maps its weights 
 encoder whose layout arguments reproduce the peer's architecture, records the peer's feature
 settings, and writes a bundle that gives the peer's embeddings:
 
-========== ===================================================== ===============================
-source     files                                                 models
-========== ===================================================== ===============================
+=========== ===================================================== ================================
+source      files                                                 models
+=========== ===================================================== ================================
 speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN (spkrec-ecapa-voxceleb)
-wespeaker  ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34
-nemo       ``*.nemo`` archive                                    TitaNet
-========== ===================================================== ===============================
+wespeaker   ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34/152/221/293
+nemo        ``*.nemo`` archive                                    TitaNet
+pyannote    ``pytorch_model.bin`` (a Lightning checkpoint)        WeSpeaker ResNet34 (and 152...)
+=========== ===================================================== ================================
 
 A local file or folder in a toolkit's own layout is recognised by :func:`recognise`: each source
 module also has ``find(path) -> (checkpoint, config) | None``, which answers whether ``path`` (a
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from speakerprint.errors import BundleError, ConfigError
 
-SOURCES = ("speechbrain", "wespeaker", "nemo")
+SOURCES = ("speechbrain", "wespeaker", "nemo", "pyannote")
 
 
 def recognise(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
