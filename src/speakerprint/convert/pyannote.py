@@ -163,8 +163,10 @@ def _hyper_parameters(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
         raise BundleError(f"{path}: hyper_parameters must be a mapping, got {type(given).__name__}")
     unknown = sorted(set(given) - set(_DEFAULT_HYPER_PARAMETERS))
     if unknown:
-        raise BundleError(f"{path}: unknown hyper_parameters {unknown}; this converter knows "
-                          f"{sorted(_DEFAULT_HYPER_PARAMETERS)}")
+        raise BundleError(
+            f"{path}: unknown hyper_parameters {unknown}; this converter knows "
+            f"{sorted(_DEFAULT_HYPER_PARAMETERS)}"
+        )
     params = {**_DEFAULT_HYPER_PARAMETERS, **given}
     required = {
         "num_channels": 1,

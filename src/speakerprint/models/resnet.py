@@ -185,17 +185,13 @@ def resnet34(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
 @register_model
 def resnet152(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
     """Bottleneck blocks [3, 8, 36, 3], c = 32: 19,814,880 parameters (WeSpeaker ResNet152)."""
-    return ResNet(
-        feat_dim=feat_dim, embed_dim=embed_dim, blocks=(3, 8, 36, 3), block="bottleneck"
-    )
+    return ResNet(feat_dim=feat_dim, embed_dim=embed_dim, blocks=(3, 8, 36, 3), block="bottleneck")
 
 
 @register_model
 def resnet221(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
     """Bottleneck blocks [6, 16, 48, 3], c = 32: 23,792,224 parameters (WeSpeaker ResNet221)."""
-    return ResNet(
-        feat_dim=feat_dim, embed_dim=embed_dim, blocks=(6, 16, 48, 3), block="bottleneck"
-    )
+    return ResNet(feat_dim=feat_dim, embed_dim=embed_dim, blocks=(6, 16, 48, 3), block="bottleneck")
 
 
 @register_model
