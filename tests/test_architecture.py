@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "export": 7,
     "viz": 7,
     "convert": 7,
+    "hub": 7,
     "serve": 8,
     "cli": 9,
     "__main__": 9,

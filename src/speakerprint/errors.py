@@ -25,3 +25,7 @@ class BundleError(SpeakerprintError, ValueError):
 
 class QuantizationError(ConfigError):
     """A quantised model that strays too far from the float model it was made from."""
+
+
+class ModelUnavailableError(BundleError):
+    """A named public model that is neither cached nor downloadable now (offline, gated, moved)."""

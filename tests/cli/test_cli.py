@@ -109,7 +109,7 @@ def test_errors_are_one_line_with_the_file(tmp_path, tiny_bundle):
     assert result.exit_code == 2 and "optim.lrr" in result.output
 
 
-def test_models_lists_parameter_counts():
-    result = runner.invoke(app, ["models"])
+def test_models_architectures_lists_parameter_counts():
+    result = runner.invoke(app, ["models", "--architectures"])
     assert result.exit_code == 0
     assert "ecapa_tdnn_c512" in result.output and "6.19M" in result.output

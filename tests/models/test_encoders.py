@@ -60,6 +60,16 @@ SMALL_HPARAMS = {
     "xvector": {"channels": 16, "stats_channels": 24, "embed_dim": 16},
     "lstm_dvector": {"hidden_size": 16, "num_layers": 2, "embed_dim": 8},
     "deep_speaker": {"channels": [4, 8], "blocks_per_stage": 1, "embed_dim": 16},
+    # Two blocks in stage 1 (an identity shortcut), three Res2Net groups (two chained fusions),
+    # global fusion from stage 2 so the chain has two steps.
+    "eres2net": {
+        "base_channels": 4,
+        "blocks": [2, 1, 1, 1],
+        "embed_dim": 16,
+        "scale": 3,
+        "local_fusion_from": 2,
+        "global_fusion_from": 2,
+    },
 }
 
 
@@ -251,8 +261,11 @@ def test_torchscript_matches_eager_for_any_shape(family):
 # ECAPA_TDNN_GLOB_c1024 as 14.65M (truncated); 3D-Speaker reports 20.8M for its C=1024 ECAPA.
 # TitaNet's paper figures include a 16,681-speaker head: see test_zoo.py. WeSpeaker reports
 # ResNet34 as 6.63M, ResNet221 as 23.79M and ResNet293 as 28.62M (truncated: 28,626,016; see
-# test_zoo.py); Deep Speaker's paper ResCNN as 24M. The x-vector TDNN (24 filterbanks, up to
-# segment6) and the GE2E LSTM have no published encoder-only count to hold them to.
+# tests/convert/test_wespeaker.py); Deep Speaker's paper ResCNN as 24M. The x-vector TDNN (24
+# filterbanks, up to segment6) and the GE2E LSTM have no published encoder-only count to hold them
+# to. 3D-Speaker reports ERes2Net-base as 6.61M and ERes2NetV2 as 17.8M (egs/voxceleb READMEs); the
+# other ERes2Net counts equal those of speakerlab's own classes
+# (tests/convert/test_speakerlab_eres2net.py).
 EXPECTED_PARAMETERS = {
     "ecapa_tdnn": 6_194_432,
     "ecapa_tdnn_c512": 6_194_432,
@@ -268,10 +281,17 @@ EXPECTED_PARAMETERS = {
     "resnet221": 23_792_224,
     "resnet293": 28_626_016,
     "xvector": 4_211_604,
+    "xvector_speechbrain": 4_211_604,
     "lstm_dvector": 4_663_296,
     "deep_speaker": 24_165_568,
     "deep_speaker_rescnn": 24_165_568,
     "deep_speaker_small": 98_040,
+    "eres2net": 6_610_688,
+    "eres2net_base": 6_610_688,
+    "eres2net_large": 29_016_704,
+    "eres2net_huge": 55_165_024,
+    "eres2netv2": 17_859_632,
+    "eres2netv2_w24s4ep4": 53_513_632,
 }
 EXPECTED_MILLIONS = {
     "ecapa_tdnn_c512": (6.19, 2),
@@ -280,6 +300,8 @@ EXPECTED_MILLIONS = {
     "resnet34": (6.63, 2),
     "resnet221": (23.79, 2),
     "deep_speaker_rescnn": (24, 0),
+    "eres2net_base": (6.61, 2),
+    "eres2netv2": (17.86, 2),
 }
 
 

@@ -239,3 +239,30 @@ def test_deep_speaker_rescnn_follows_the_paper():
     assert [len(stage) for stage in model.stages] == [3, 3, 3, 3]
     assert model.pooled_dim == 2048 and model.embed_dim == 512  # 512 channels x 4 bins
     assert count_parameters(build_on_meta("deep_speaker_small")) == pytest.approx(1e5, rel=0.05)
+
+
+def test_speechbrain_xvector_layout_scripts_and_survives_one_frame():
+    """xvector_speechbrain's layout (LeakyReLU, reflect padding, unbiased std) compiles with
+    TorchScript to the same output, and one frame (where torch.std gives NaN) stays finite."""
+    torch.manual_seed(0)
+    model = create_model(
+        "xvector",
+        channels=16,
+        stats_channels=24,
+        embed_dim=16,
+        negative_slope=0.01,
+        padding_mode="reflect",
+        pooling_std="unbiased",
+    ).eval()
+    assert model.hparams["pooling_std"] == "unbiased"
+    assert "pooling_std" not in create_model("xvector", **SMALL_HPARAMS["xvector"]).hparams
+    feats, lengths = torch.randn(2, 40, 24), torch.tensor([40, 1])
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(feats, lengths), model(feats, lengths))
+    model.train()
+    emb = model(feats, lengths)
+    emb.square().sum().backward()
+    assert torch.isfinite(emb).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with pytest.raises(ConfigError, match="pooling_std"):
+        create_model("xvector", pooling_std="sample")

@@ -27,6 +27,14 @@ prepare_app = typer.Typer(
 app.add_typer(prepare_app, name="prepare")
 
 
+#: Help of every ``--model`` option: the one way to name a model.
+MODEL_HELP = (
+    "Model: a name from `speakerprint models` (an alias such as wespeaker-resnet34, or a hub id "
+    "such as pyannote/wespeaker-voxceleb-resnet34-LM), a checkpoint file or folder in its "
+    "toolkit's own layout, or a bundle folder"
+)
+
+
 def clean_errors(fn):
     """Turn input errors into one line on stderr and exit status 2, not a traceback.
 

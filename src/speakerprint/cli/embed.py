@@ -28,7 +28,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import app, clean_errors
+from speakerprint.cli.app import MODEL_HELP, app, clean_errors
 
 
 @app.command()
@@ -46,7 +46,7 @@ def embed(
         typer.Option("--format", help="npz, npy, ark or jsonl (default: from --out's extension)"),
     ] = None,
     model: Annotated[
-        Path | None, typer.Option(help="Model bundle (default: the shipped model)")
+        str | None, typer.Option(help=f"{MODEL_HELP} (default: the shipped model)")
     ] = None,
     batch_seconds: Annotated[
         float, typer.Option(help="Most padded audio per batch, in seconds")

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import app, clean_errors
+from speakerprint.cli.app import MODEL_HELP, app, clean_errors
 
 
 @app.command("export")
 @clean_errors
 def export_cmd(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL")],
     format_: Annotated[str, typer.Option("--format", help="onnx or torchscript")],
     out: Annotated[Path, typer.Option("--out", help="The model file (.onnx or .pt)")],
     with_features: Annotated[
@@ -70,6 +70,7 @@ def export_cmd(
         export_torchscript,
         quantize_onnx_int8,
     )
+    from speakerprint.hub import resolve_model
     from speakerprint.onnx_runtime import read_sidecar, sidecar_path
 
     _check_options(
@@ -82,6 +83,7 @@ def export_cmd(
         min_cosine=min_cosine,
         opset=opset,
     )
+    bundle = resolve_model(model)
     if format_ == "torchscript":
         export_torchscript(bundle, out, with_features=with_features)
     elif quantize is None:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import app, clean_errors, prepare_app
+from speakerprint.cli.app import MODEL_HELP, app, clean_errors, prepare_app
 from speakerprint.errors import SpeakerprintError
 
 
@@ -246,7 +246,7 @@ _ReportOption = Annotated[
 @app.command("eval")
 @clean_errors
 def eval_cmd(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle folder")],
+    bundle: Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL")],
     manifest: _ManifestOption,
     trials: _TrialsOption,
     json_: _JsonOption = False,
@@ -275,6 +275,7 @@ def eval_cmd(
     from speakerprint.eval.cache import EmbeddingCache, bundle_fingerprint
     from speakerprint.eval.scorefile import write_scores
     from speakerprint.eval.scoring import evaluate
+    from speakerprint.hub import resolve_model
     from speakerprint.models.bundle import load_bundle
     from speakerprint.utils.io import atomic_write_text
 
@@ -287,8 +288,11 @@ def eval_cmd(
     test_condition = _test_condition(condition, crop_s, num_crops)
     cohort_utts = _cohort(norm, cohort, top_k)
     enrollment_models = read_enrollment(enrollment) if enrollment is not None else None
-    b = load_bundle(bundle, device=device)
-    embedding_cache = None if cache is None else EmbeddingCache(cache, bundle_fingerprint(bundle))
+    bundle_folder = resolve_model(bundle)
+    b = load_bundle(bundle_folder, device=device)
+    embedding_cache = (
+        None if cache is None else EmbeddingCache(cache, bundle_fingerprint(bundle_folder))
+    )
     result = evaluate(
         b,
         read_manifest(manifest),
@@ -342,7 +346,7 @@ def eval_cmd(
     typer.echo("\n".join(lines))
 
 
-def _encoder(model: Path | None):
+def _encoder(model: str | None):
     from speakerprint.inference import SpeakerEncoder
 
     return SpeakerEncoder.from_pretrained(model)
@@ -354,7 +358,7 @@ def verify(
     a: Annotated[Path, typer.Argument(help="First recording")],
     b: Annotated[Path, typer.Argument(help="Second recording")],
     model: Annotated[
-        Path | None, typer.Option(help="Model bundle (default: the shipped model)")
+        str | None, typer.Option(help=f"{MODEL_HELP} (default: the shipped model)")
     ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Decision threshold (default: the bundle's)")
@@ -383,16 +387,74 @@ def verify(
 
 
 @app.command()
-def models() -> None:
-    """List the registered model architectures with their parameter counts."""
-    import torch
+def models(
+    architectures: Annotated[
+        bool,
+        typer.Option(
+            "--architectures", help="List the registered architectures (for training) instead"
+        ),
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """List the pretrained models speakerprint loads by name (use any name with --model), with
+    what each is, its published result and licence, and whether it is in the cache."""
+    import json
 
-    from speakerprint.models import count_parameters, create_model, list_models
+    if architectures:
+        import torch
 
-    for name in list_models():
-        with torch.device("meta"):  # shapes only: no memory, no initialisation time
-            n = count_parameters(create_model(name))
-        typer.echo(f"{name:32s} {n / 1e6:8.2f}M parameters (encoder only)")
+        from speakerprint.models import count_parameters, create_model, list_models
+
+        for name in list_models():
+            with torch.device("meta"):  # shapes only: no memory, no initialisation time
+                n = count_parameters(create_model(name))
+            typer.echo(f"{name:32s} {n / 1e6:8.2f}M parameters (encoder only)")
+        return
+    from speakerprint.hub.catalog import DEFAULT_ALIAS
+    from speakerprint.hub.resolve import catalog_rows, shipped_model_path
+
+    rows = [
+        {
+            "name": DEFAULT_ALIAS,
+            "hub_id": "",
+            "architecture": "ECAPA-TDNN C=512 (speakerprint)",
+            "parameters": None,
+            "embed_dim": 192,
+            "sample_rate": 16000,
+            "features": "80 log-mel (Kaldi, povey)",
+            "training_data": "speechocean762 train, 100 speakers",
+            "published": "see docs/results.md",
+            "licence": "Apache-2.0",
+            "cached": shipped_model_path().is_dir(),
+        }
+    ]
+    for entry, cached in catalog_rows():
+        rows.append(
+            {
+                "name": entry.alias,
+                "hub_id": entry.hub_id or f"pip: {entry.package[0] if entry.package else ''}",
+                "architecture": entry.architecture,
+                "parameters": entry.parameters,
+                "embed_dim": entry.embed_dim,
+                "sample_rate": entry.sample_rate,
+                "features": entry.features,
+                "training_data": entry.training_data,
+                "published": f"{entry.published} ({entry.published_source})",
+                "licence": entry.licence,
+                "cached": cached,
+            }
+        )
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        params = f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] else "-"
+        typer.echo(
+            f"{row['name']:24s} {'cached' if row['cached'] else 'not cached':10s} "
+            f"{row['hub_id']}\n    {row['architecture']}, {params} parameters, "
+            f"{row['embed_dim']}-d, {row['sample_rate'] // 1000} kHz, {row['features']}\n"
+            f"    trained on {row['training_data']}; {row['published']}; licence {row['licence']}"
+        )
 
 
 # Sub-command modules register their commands on `app` when imported (one line each).

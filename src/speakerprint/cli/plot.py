@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import app, clean_errors
+from speakerprint.cli.app import MODEL_HELP, app, clean_errors
 
 plot_app = typer.Typer(
     help="Figures that look inside models: scores, projections, attention, class weights...",
@@ -82,7 +82,9 @@ def scores_cmd(
 @plot_app.command("projection")
 @clean_errors
 def projection_cmd(
-    bundles: Annotated[list[Path], typer.Argument(help="Model bundles, one panel each")],
+    bundles: Annotated[
+        list[str], typer.Argument(help=f"{MODEL_HELP}; one panel each", metavar="MODEL...")
+    ],
     manifest: Annotated[
         list[Path], typer.Option(help="Manifest(s) of the utterances to embed (repeatable)")
     ],
@@ -120,8 +122,10 @@ def projection_cmd(
         manifest, max_speakers=max_speakers, max_per_speaker=max_per_speaker, seed=seed
     )
     seen = set() if seen_manifest is None else {u.speaker for u in read_manifest(seen_manifest)}
+    from speakerprint.hub import resolve_model
+
     analysis = project_bundles(
-        bundles,
+        [resolve_model(b) for b in bundles],
         utts,
         method=method,
         seen_speakers=seen,
@@ -145,7 +149,9 @@ def projection_cmd(
 @plot_app.command("attention")
 @clean_errors
 def attention_cmd(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle (ECAPA-TDNN or TitaNet)")],
+    bundle: Annotated[
+        str, typer.Argument(help=f"{MODEL_HELP} (ECAPA-TDNN or TitaNet)", metavar="MODEL")
+    ],
     audio: Annotated[Path, typer.Argument(help="A recording, any format")],
     out: OutOption,
     max_channels: Annotated[int, typer.Option(help="Channels drawn in the heat map")] = 256,
@@ -161,7 +167,9 @@ def attention_cmd(
 
     _check_out(out)
     _positive("--max-channels", max_channels)
-    result = attention_of_file(bundle, audio, device=device, vad=vad)
+    from speakerprint.hub import resolve_model
+
+    result = attention_of_file(resolve_model(bundle), audio, device=device, vad=vad)
     sim = result.similarity
     typer.echo(
         f"channel attention similarity: mean pairwise cosine {sim.mean_cosine:.4f}, "
@@ -252,7 +260,10 @@ def aam_scale_cmd(
 def enrollment_bias_cmd(
     out: OutOption,
     bundle: Annotated[
-        Path | None, typer.Argument(help="Model bundle for real embeddings (needs --manifest)")
+        str | None,
+        typer.Argument(
+            help=f"{MODEL_HELP}, for real embeddings (needs --manifest)", metavar="MODEL"
+        ),
     ] = None,
     manifest: Annotated[Path | None, typer.Option(help="Utterances to embed")] = None,
     dim: Annotated[int, typer.Option(help="Dimension of the random vectors")] = 192,
@@ -311,10 +322,13 @@ def enrollment_bias_cmd(
             max_per_speaker=max_per_speaker,
             seed=seed,
         )
-        emb_by_id = embed_manifest(bundle, utts, cache_dir=cache, device=device)
+        from speakerprint.hub import resolve_model
+
+        bundle_folder = resolve_model(bundle)
+        emb_by_id = embed_manifest(bundle_folder, utts, cache_dir=cache, device=device)
         emb = np.stack([emb_by_id[u.utt_id] for u in utts])
         real_result = enrollment_bias(emb, [u.speaker for u in utts])
-        real_name = f"{bundle_label(bundle)} on {manifest.name}"
+        real_name = f"{bundle_label(bundle_folder)} on {manifest.name}"
         typer.echo(
             f"{real_name}: {real_result.num_speakers} speakers x "
             f"{real_result.utterances_per_speaker:.1f} utterances, inclusive "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import app, clean_errors
+from speakerprint.cli.app import MODEL_HELP, app, clean_errors
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -16,9 +15,9 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 @clean_errors
 def serve(
     model: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Model bundle (default: the model the --db store was made with, else the "
+            help=f"{MODEL_HELP} (default: the model the --db store was made with, else the "
             "shipped model)"
         ),
     ] = None,

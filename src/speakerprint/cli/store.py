@@ -14,9 +14,9 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import app, clean_errors
+from speakerprint.cli.app import MODEL_HELP, app, clean_errors
 
-_MODEL_HELP = "Model bundle (default: the model the store was made with, else the shipped model)"
+_MODEL_HELP = f"{MODEL_HELP} (default: the model the store was made with, else the shipped model)"
 _DB_HELP = "Enrollment store: an SQLite file or a postgresql:// URL"
 
 
@@ -27,7 +27,7 @@ def _shown(db: str) -> str:
     return redact_url(db) if is_store_url(db) else db
 
 
-def _store_model(db: str | Path, model: Path | None) -> Path | None:
+def _store_model(db: str | Path, model: str | None) -> str | None:
     """The bundle to use with store ``db``: the one given, else the one recorded in the store
     (when it is still there), else None (the shipped model). The fingerprint check decides."""
     from speakerprint.inference.store import open_store, store_exists
@@ -36,7 +36,7 @@ def _store_model(db: str | Path, model: Path | None) -> Path | None:
         return model
     with open_store(db) as store:
         recorded = store.model_path
-    return Path(recorded) if recorded and Path(recorded).is_dir() else None
+    return recorded if recorded and Path(recorded).is_dir() else None
 
 
 @app.command()
@@ -45,7 +45,7 @@ def enroll(
     db: Annotated[str, typer.Argument(help=f"{_DB_HELP} (the store is made if missing)")],
     name: Annotated[str, typer.Argument(help="Speaker name")],
     files: Annotated[list[Path], typer.Argument(help="Enrollment recordings of the speaker")],
-    model: Annotated[Path | None, typer.Option(help=_MODEL_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
 ) -> None:
     """Add recordings of a speaker to an enrollment store (creating the store if needed)."""
     from speakerprint.inference import SpeakerEncoder
@@ -78,7 +78,7 @@ def identify(
         float | None,
         typer.Option(help="Lowest score accepted as a known speaker (default: the bundle's)"),
     ] = None,
-    model: Annotated[Path | None, typer.Option(help=_MODEL_HELP)] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Say which enrolled speaker a recording is, or "unknown" when none scores high enough."""

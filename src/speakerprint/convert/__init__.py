@@ -8,7 +8,7 @@ settings, and writes a bundle that gives the peer's embeddings:
 =========== ===================================================== ================================
 source      files                                                 models
 =========== ===================================================== ================================
-speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN (spkrec-ecapa-voxceleb)
+speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN, x-vector (spkrec-*)
 wespeaker   ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34/152/221/293
 nemo        ``*.nemo`` archive                                    TitaNet
 pyannote    ``pytorch_model.bin`` (a Lightning checkpoint)        WeSpeaker ResNet34 (and 152...)

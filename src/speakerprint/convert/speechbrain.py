@@ -1,4 +1,11 @@
-"""SpeechBrain's ECAPA-TDNN (``spkrec-ecapa-voxceleb``) to a speakerprint bundle.
+"""SpeechBrain's ECAPA-TDNN (``spkrec-ecapa-voxceleb``) and x-vector (``spkrec-xvect-voxceleb``)
+to speakerprint bundles.
+
+Which of the two a checkpoint holds is read from its tensor names (``blocks.0.conv.conv.weight``:
+``ECAPA_TDNN``; ``blocks.0.conv.weight``: ``Xvector``).
+
+ECAPA-TDNN
+----------
 
 SpeechBrain's ``embedding_model.ckpt`` is the bare ``state_dict()`` of
 ``speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN``; ``hyperparams.yaml`` beside it (HyperPyYAML)
@@ -26,6 +33,27 @@ bottleneck) are read from the tensor shapes and cross-checked with ``hyperparams
 given or found beside the checkpoint. Without it the block dilations and the feature settings are
 those of ``spkrec-ecapa-voxceleb`` (dilations 2, 3, 4; ``Fbank`` defaults with ``n_mels`` = the
 model's input size; sentence mean normalisation).
+
+x-vector
+--------
+``speechbrain.lobes.models.Xvector.Xvector`` is a ``ModuleList``: for each TDNN block i a
+``Conv1d`` (``blocks.3i.conv``), the activation and a ``BatchNorm1d`` (``blocks.3i+2.norm``), then
+``StatisticsPooling`` and a ``Linear`` (``blocks.3N+1.w``). It maps one to one onto
+:class:`~speakerprint.models.tdnn.XVectorTdnn` with ``negative_slope=0.01`` (LeakyReLU),
+``padding_mode="reflect"`` and ``pooling_std="unbiased"``; the module docstring of
+``speakerprint.models.tdnn`` lists what differs (SpeechBrain's pooling noise, which is left out).
+The widths come from the tensor shapes; the dilations and the activation, which the weights do not
+hold, from ``hyperparams.yaml`` (without it, SpeechBrain's defaults: dilations 1, 2, 3, 1, 1 and
+LeakyReLU, which ``spkrec-xvect-voxceleb`` uses, with 24 mel bins).
+
+The global embedding statistics
+-------------------------------
+Both hub folders hold ``mean_var_norm_emb.ckpt``, the state of an ``InputNormalization``
+(``{"count", "glob_mean", "glob_std", ...}``) over training embeddings.
+``EncoderClassifier.encode_batch`` subtracts it only when called with ``normalize=True``; its
+default (``normalize=False``, what ``verify_batch`` and SpeechT5's speaker embeddings use) does
+not. The bundle gives that default embedding: the file is checked (its size must be the
+embedding's) and recorded in the bundle's info, not applied.
 """
 
 from __future__ import annotations
@@ -42,19 +70,28 @@ from speakerprint.errors import BundleError, ConfigError
 from speakerprint.features.speechbrain import SpeechBrainFbankConfig
 from speakerprint.models.bundle import save_bundle
 from speakerprint.models.ecapa import EcapaTdnn
+from speakerprint.models.tdnn import FRAME_CONTEXTS, XVectorTdnn
 from speakerprint.utils.hashing import sha256_file
 
 __all__ = ["convert"]
 
 HYPERPARAMS_FILE = "hyperparams.yaml"
+EMBEDDING_NORM_FILE = "mean_var_norm_emb.ckpt"
 PEER_CLASS = "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN"
+XVECTOR_CLASS = "speechbrain.lobes.models.Xvector.Xvector"
+# Xvector's defaults, which spkrec-xvect-voxceleb keeps; only these layers are supported.
+XVECTOR_KERNEL_SIZES = [5, 3, 3, 1, 1]
+XVECTOR_DILATIONS = [1, 2, 3, 1, 1]
+LEAKY_RELU_SLOPE = 0.01  # torch.nn.LeakyReLU's default
 # Keys of other SpeechBrain modules that can sit in the same dict as the embedding model; they
 # are not part of the embedding and are dropped (and listed in the bundle's info).
 _FOREIGN_PREFIXES = ("classifier.", "mean_var_norm_emb.", "compute_features.", "mean_var_norm.")
-_MODEL_PREFIXES = ("blocks.", "mfa.", "asp.", "asp_bn.", "fc.")
 
 
-LAYOUT = "a folder with embedding_model.ckpt (and hyperparams.yaml), as on the hub"
+LAYOUT = (
+    "a folder with embedding_model.ckpt (and hyperparams.yaml, mean_var_norm_emb.ckpt), as on "
+    "the hub (ECAPA_TDNN or Xvector)"
+)
 
 
 def find(path: Path) -> tuple[Path, Path | None] | None:
@@ -71,7 +108,8 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     """Write a bundle at ``out`` from SpeechBrain's ``embedding_model.ckpt``.
 
     Args:
-        checkpoint: the ECAPA_TDNN state dict saved by SpeechBrain (``torch.save``).
+        checkpoint: the ECAPA_TDNN or Xvector state dict saved by SpeechBrain (``torch.save``);
+            a ``mean_var_norm_emb.ckpt`` beside it is checked and recorded.
         out: the bundle folder to write.
         config: SpeechBrain's ``hyperparams.yaml``; ``None`` looks for one beside the checkpoint.
 
@@ -90,11 +128,47 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     if config is None and (checkpoint.parent / HYPERPARAMS_FILE).is_file():
         config = checkpoint.parent / HYPERPARAMS_FILE
     hyper = _read_hyperparams(Path(config)) if config is not None else None
+    if _is_xvector(state, checkpoint):
+        encoder, features, peer_class, peer_args = _convert_xvector(state, hyper, checkpoint)
+        notes = (
+            "LeakyReLU, reflect padding and SpeechBrain's std (unbiased, + 1e-5) reproduced; "
+            "the noise SpeechBrain's StatisticsPooling adds to the pooled mean is left out."
+        )
+    else:
+        encoder, features, peer_args = _convert_ecapa(state, hyper, checkpoint)
+        peer_class = PEER_CLASS
+        notes = (
+            "Res2Net channel groups permuted (SpeechBrain passes its first group through, "
+            "speakerprint its last); SE convs and fc (Conv1d k=1) stored as Linear; attention "
+            "variance floor 1e-7 instead of SpeechBrain's 1e-12."
+        )
+    info = {
+        "source": "speechbrain",
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "hyperparams": None if config is None else Path(config).name,
+        "hyperparams_sha256": None if config is None else sha256_file(Path(config)),
+        "peer_model": {"class": peer_class, "args": peer_args},
+        "peer_features": (
+            "speechbrain.lobes.features.Fbank + speechbrain.processing.features."
+            "InputNormalization(norm_type='sentence', std_norm=False)"
+        ),
+        "embedding_normalization": _embedding_norm(checkpoint.parent, encoder.embed_dim),
+        "dropped_keys": dropped,
+        "notes": notes,
+    }
+    return save_bundle(out, encoder.eval(), features, info=info)  # type: ignore[arg-type]
 
+
+def _convert_ecapa(
+    state: dict[str, torch.Tensor], hyper: dict[str, Any] | None, checkpoint: Path
+) -> tuple[EcapaTdnn, SpeechBrainFbankConfig, dict[str, Any]]:
+    """The ECAPA_TDNN with its weights loaded, its features and SpeechBrain's arguments."""
     peer_args = _infer_peer_args(state, checkpoint)
     if hyper is not None:
-        peer_args = _check_against_hyperparams(peer_args, hyper, checkpoint, Path(config))
-        features = _features_from_hyperparams(hyper, Path(config), peer_args["input_size"])
+        config = hyper["__path__"]
+        peer_args = _check_against_hyperparams(peer_args, hyper, checkpoint, config)
+        features = _features_from_hyperparams(hyper, config, peer_args["input_size"])
     else:
         if len(peer_args["channels"]) != 5:
             raise BundleError(
@@ -103,28 +177,9 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
             )
         peer_args["dilations"] = [1, 2, 3, 4, 1]
         features = SpeechBrainFbankConfig(num_mel_bins=peer_args["input_size"])
-
     encoder = _build_encoder(peer_args, checkpoint)
     encoder.load_state_dict(_map_state(state, encoder, checkpoint), strict=True)
-    info = {
-        "source": "speechbrain",
-        "checkpoint": checkpoint.name,
-        "checkpoint_sha256": sha256_file(checkpoint),
-        "hyperparams": None if config is None else Path(config).name,
-        "hyperparams_sha256": None if config is None else sha256_file(Path(config)),
-        "peer_model": {"class": PEER_CLASS, "args": peer_args},
-        "peer_features": (
-            "speechbrain.lobes.features.Fbank + speechbrain.processing.features."
-            "InputNormalization(norm_type='sentence', std_norm=False)"
-        ),
-        "dropped_keys": dropped,
-        "notes": (
-            "Res2Net channel groups permuted (SpeechBrain passes its first group through, "
-            "speakerprint its last); SE convs and fc (Conv1d k=1) stored as Linear; attention "
-            "variance floor 1e-7 instead of SpeechBrain's 1e-12."
-        ),
-    }
-    return save_bundle(out, encoder.eval(), features, info=info)  # type: ignore[arg-type]
+    return encoder, features, peer_args
 
 
 # --- the checkpoint --------------------------------------------------------------------------
@@ -282,32 +337,7 @@ def _map_state(
     expected = {
         sb: ours[key].shape + ((1,) if kind == "linear" else ()) for key, (sb, kind) in plan.items()
     }
-    missing = sorted(
-        sb for sb in expected if sb not in state and not sb.endswith("num_batches_tracked")
-    )
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = sorted(
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
-        for k in expected
-        if k in state and state[k].shape != expected[k]
-    )
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}" + (" ..." if len(missing) > 8 else ""))
-        if unexpected:
-            foreign = [k for k in unexpected if not k.startswith(_MODEL_PREFIXES)]
-            parts.append(
-                f"unexpected keys {unexpected[:8]}"
-                + (" ..." if len(unexpected) > 8 else "")
-                + (" (not part of an ECAPA_TDNN)" if foreign else "")
-            )
-        if wrong:
-            parts.append(f"wrong shapes: {'; '.join(wrong[:8])}")
-        raise BundleError(
-            f"{path}: does not match SpeechBrain's ECAPA_TDNN with the widths its tensors imply: "
-            + "; ".join(parts)
-        )
+    _check_keys(state, expected, path, "SpeechBrain's ECAPA_TDNN")
     mapped = {}
     for key, (sb, kind) in plan.items():
         if sb not in state:  # num_batches_tracked, absent from old checkpoints
@@ -490,3 +520,212 @@ def _features_from_hyperparams(
             "normalisation: norm_type sentence, std_norm False)"
         )
     return features
+
+
+# --- the x-vector ------------------------------------------------------------------------------
+
+
+def _is_xvector(state: dict[str, torch.Tensor], path: Path) -> bool:
+    """True for an Xvector state dict, False for an ECAPA_TDNN one; neither is a BundleError."""
+    if "blocks.0.conv.conv.weight" in state:
+        return False
+    if "blocks.0.conv.weight" in state:
+        return True
+    raise BundleError(
+        f"{path}: neither SpeechBrain's ECAPA_TDNN (no key 'blocks.0.conv.conv.weight') nor its "
+        f"Xvector (no key 'blocks.0.conv.weight'); keys start {sorted(state)[:4]}"
+    )
+
+
+def _xvector_shapes(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Xvector's arguments that its tensor shapes hold."""
+    convs = sorted(
+        int(m.group(1)) for k in state if (m := re.fullmatch(r"blocks\.(\d+)\.conv\.weight", k))
+    )
+    num_blocks = len(convs)
+    if convs != [3 * i for i in range(num_blocks)]:
+        raise BundleError(
+            f"{path}: Xvector convolutions at blocks {convs}, expected blocks 0, 3, 6, ... "
+            "(conv, activation, batch norm per TDNN block)"
+        )
+    shapes = [_shape(state, f"blocks.{3 * i}.conv.weight", 3, path) for i in range(num_blocks)]
+    linear = f"blocks.{3 * num_blocks + 1}.w.weight"
+    embed_dim, pooled = _shape(state, linear, 2, path)
+    return {
+        "in_channels": shapes[0][1],
+        "tdnn_blocks": num_blocks,
+        "tdnn_channels": [shape[0] for shape in shapes],
+        "tdnn_kernel_sizes": [shape[2] for shape in shapes],
+        "lin_neurons": embed_dim,
+        "_pooled": pooled,
+    }
+
+
+def _activation_slope(node: Any, config: Path) -> float:
+    """The negative slope of ``activation: !name:torch.nn.LeakyReLU`` (or 0 for ReLU)."""
+    tag = str(node.get("__tag__", "")) if isinstance(node, dict) else ""
+    args = {k: v for k, v in node.items() if not k.startswith("__")} if tag else {}
+    if tag.endswith("torch.nn.LeakyReLU"):
+        return float(args.get("negative_slope", LEAKY_RELU_SLOPE))
+    if tag.endswith("torch.nn.ReLU"):
+        return 0.0
+    raise ConfigError(
+        f"{config}: embedding_model.activation {node!r} is not supported (only "
+        "torch.nn.LeakyReLU or torch.nn.ReLU)"
+    )
+
+
+def _convert_xvector(
+    state: dict[str, torch.Tensor], hyper: dict[str, Any] | None, checkpoint: Path
+) -> tuple[XVectorTdnn, SpeechBrainFbankConfig, str, dict[str, Any]]:
+    """The Xvector as an XVectorTdnn with its weights loaded, its features, its class, its args."""
+    peer = _xvector_shapes(state, checkpoint)
+    pooled = peer.pop("_pooled")
+    dilations, slope = list(XVECTOR_DILATIONS), LEAKY_RELU_SLOPE
+    if hyper is not None:
+        config = hyper["__path__"]
+        args = _section(hyper, "embedding_model", "Xvector.Xvector")
+        if args is None:
+            raise ConfigError(f"{config}: no embedding_model entry")
+        declared = {  # Xvector's defaults where the file is silent
+            "in_channels": args.get("in_channels", 40),
+            "tdnn_blocks": args.get("tdnn_blocks", 5),
+            "tdnn_channels": args.get("tdnn_channels", [512, 512, 512, 512, 1500]),
+            "tdnn_kernel_sizes": args.get("tdnn_kernel_sizes", XVECTOR_KERNEL_SIZES),
+            "lin_neurons": args.get("lin_neurons", 512),
+        }
+        disagree = [
+            f"{k}: {declared[k]!r} in {config.name}, {peer[k]!r} in the weights"
+            for k in declared
+            if declared[k] != peer[k]
+        ]
+        if disagree:
+            raise ConfigError(f"{config} does not describe {checkpoint}: " + "; ".join(disagree))
+        dilations = args.get("tdnn_dilations", dilations)
+        if "activation" in args:
+            slope = _activation_slope(args["activation"], config)
+        features = _features_from_hyperparams(hyper, config, peer["in_channels"])
+    else:
+        features = SpeechBrainFbankConfig(num_mel_bins=peer["in_channels"])
+    peer_args = {**peer, "tdnn_dilations": dilations, "activation_negative_slope": slope}
+
+    channels = peer["tdnn_channels"]
+    problems = []
+    contexts = list(zip(peer["tdnn_kernel_sizes"], dilations))
+    if contexts != [list(c) for c in FRAME_CONTEXTS] and contexts != list(FRAME_CONTEXTS):
+        problems.append(
+            f"kernel sizes {peer['tdnn_kernel_sizes']} and dilations {dilations} (speakerprint's "
+            f"x-vector has {XVECTOR_KERNEL_SIZES} and {XVECTOR_DILATIONS})"
+        )
+    elif len(set(channels[:-1])) != 1:
+        problems.append(f"channels {channels} (the first four must be equal)")
+    if pooled != 2 * channels[-1]:
+        problems.append(f"a Linear over {pooled} inputs, not mean + std of {channels[-1]}")
+    if problems:
+        raise BundleError(f"{checkpoint}: unsupported Xvector layout: " + "; ".join(problems))
+    encoder = XVectorTdnn(
+        feat_dim=peer["in_channels"],
+        channels=channels[0],
+        stats_channels=channels[-1],
+        embed_dim=peer["lin_neurons"],
+        negative_slope=slope,
+        padding_mode="reflect",
+        pooling_std="unbiased",
+    )
+    encoder.load_state_dict(_map_xvector_state(state, encoder, checkpoint), strict=True)
+    return encoder, features, XVECTOR_CLASS, peer_args
+
+
+def _xvector_peer_key(key: str, num_blocks: int) -> str:
+    """speakerprint XVectorTdnn key -> SpeechBrain Xvector key."""
+    if m := re.fullmatch(r"frame_layers\.(\d+)\.(conv|norm)\.(\w+)", key):
+        layer, part, param = int(m.group(1)), m.group(2), m.group(3)
+        if part == "conv":
+            return f"blocks.{3 * layer}.conv.{param}"
+        return f"blocks.{3 * layer + 2}.norm.{param}"
+    if m := re.fullmatch(r"embedding\.(\w+)", key):
+        return f"blocks.{3 * num_blocks + 1}.w.{m.group(1)}"
+    raise AssertionError(f"no SpeechBrain key for {key}")  # a model change this file missed
+
+
+def _map_xvector_state(
+    state: dict[str, torch.Tensor], encoder: XVectorTdnn, path: Path
+) -> dict[str, torch.Tensor]:
+    """SpeechBrain's Xvector tensors under ``encoder``'s names; every key checked."""
+    ours = encoder.state_dict()
+    plan = {key: _xvector_peer_key(key, len(encoder.frame_layers)) for key in ours}
+    expected = {sb: ours[key].shape for key, sb in plan.items()}
+    _check_keys(state, expected, path, "SpeechBrain's Xvector")
+    mapped = {}
+    for key, sb in plan.items():
+        if sb not in state:  # num_batches_tracked, absent from old checkpoints
+            mapped[key] = ours[key]
+        else:
+            value = state[sb]
+            mapped[key] = (value.float() if value.is_floating_point() else value).contiguous()
+    return mapped
+
+
+def _check_keys(
+    state: dict[str, torch.Tensor], expected: dict[str, Any], path: Path, what: str
+) -> None:
+    """A BundleError naming every missing, unexpected and misshapen key of ``state``."""
+    missing = sorted(
+        k for k in expected if k not in state and not k.endswith("num_batches_tracked")
+    )
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = sorted(
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+        for k in expected
+        if k in state and state[k].shape != expected[k]
+    )
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:8]}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:8]}" + (" ..." if len(unexpected) > 8 else ""))
+    if wrong:
+        parts.append(f"wrong shapes: {'; '.join(wrong[:8])}")
+    raise BundleError(
+        f"{path}: does not match {what} with the widths its tensors imply: " + "; ".join(parts)
+    )
+
+
+# --- mean_var_norm_emb.ckpt --------------------------------------------------------------------
+
+
+def _embedding_norm(folder: Path, embed_dim: int) -> dict[str, Any] | None:
+    """What ``mean_var_norm_emb.ckpt`` beside the checkpoint holds (checked), or None if absent.
+
+    It is recorded, not applied: ``EncoderClassifier.encode_batch`` uses it only with
+    ``normalize=True``, and the bundle gives its default embedding.
+    """
+    path = folder / EMBEDDING_NORM_FILE
+    if not path.is_file():
+        return None
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
+    means = stats.get("glob_mean") if isinstance(stats, dict) else None
+    stds = stats.get("glob_std") if isinstance(stats, dict) else None
+    for name, value in [("glob_mean", means), ("glob_std", stds)]:
+        if not isinstance(value, torch.Tensor) or value.numel() != embed_dim:
+            found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise BundleError(
+                f"{path}: {name} should be a tensor of the embedding's {embed_dim} values, "
+                f"found {found} (not SpeechBrain's InputNormalization state for this model?)"
+            )
+    return {
+        "file": EMBEDDING_NORM_FILE,
+        "sha256": sha256_file(path),
+        "count": int(stats.get("count", 0)),
+        "applied": False,
+        "why": (
+            "EncoderClassifier.encode_batch subtracts these global statistics only with "
+            "normalize=True; the bundle gives its default (normalize=False) embedding"
+        ),
+    }

@@ -36,7 +36,9 @@ AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
 
 def default_model_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "pretrained" / DEFAULT_MODEL_NAME
+    from speakerprint.hub.resolve import shipped_model_path
+
+    return shipped_model_path()
 
 
 @dataclass(frozen=True)
@@ -82,23 +84,27 @@ class SpeakerEncoder:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike | None = None,
+        model: str | os.PathLike | None = None,
         *,
         device: str | torch.device = "cpu",
         compile: bool = False,
     ) -> SpeakerEncoder:
-        """Load a bundle folder; ``None`` loads the model that ships with speakerprint.
+        """Load a model by any of its names; ``None`` loads the model that ships with speakerprint.
+
+        ``model`` is a name from ``speakerprint models`` (an alias such as ``"wespeaker-resnet34"``
+        or a hub id such as ``"pyannote/wespeaker-voxceleb-resnet34-LM"``: fetched once at its
+        pinned revision, converted, then read from the cache), a local checkpoint file or folder
+        in its toolkit's own layout (converted once, never touching the network), or a bundle
+        folder. See :func:`speakerprint.hub.resolve_model`.
 
         ``compile=True`` embeds through ``torch.compile`` (:meth:`Bundle.compile`): faster once
         compiled, at a compile of seconds to a minute for the first input shapes.
+
+        >>> enc = SpeakerEncoder.from_pretrained("wespeaker-resnet34")  # doctest: +SKIP
         """
-        if path is None:
-            path = default_model_path()
-            if not path.is_dir():
-                raise BundleError(
-                    f"the default model is not installed at {path}; pass a bundle path "
-                    "(a run folder's bundle/ from `speakerprint train`)"
-                )
+        from speakerprint.hub.resolve import resolve_model
+
+        path = resolve_model(model)
         return cls(load_bundle(path, device=device), path=path, compile=compile)
 
     @property

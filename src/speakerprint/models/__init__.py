@@ -10,6 +10,7 @@
 from speakerprint.models import (  # noqa: F401
     deep_speaker,
     ecapa,
+    eres2net,
     lstm,
     resnet,
     tdnn,
@@ -18,6 +19,7 @@ from speakerprint.models import (  # noqa: F401
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.deep_speaker import DeepSpeakerResCnn
 from speakerprint.models.ecapa import EcapaTdnn
+from speakerprint.models.eres2net import ERes2Net
 from speakerprint.models.export import script_encoder
 from speakerprint.models.lstm import LstmDvector
 from speakerprint.models.registry import (
@@ -33,6 +35,7 @@ from speakerprint.models.utils import lengths_to_mask
 
 __all__ = [
     "DeepSpeakerResCnn",
+    "ERes2Net",
     "EcapaTdnn",
     "EncoderModule",
     "LstmDvector",

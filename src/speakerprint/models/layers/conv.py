@@ -33,6 +33,8 @@ class ConvReluBn(nn.Module):
     of a short utterance then sees the same zeros whether the utterance is alone or padded in a batch.
     ``padding_mode="reflect"`` mirrors each utterance at its own ends instead (SpeechBrain's
     convolutions do this), which is just as independent of batch padding (:func:`reflect_pad`).
+    ``negative_slope`` > 0 makes the ReLU a leaky one (SpeechBrain's x-vector uses
+    ``torch.nn.LeakyReLU``, slope 0.01); it has no parameters, so the state dict is the same.
 
     >>> import torch
     >>> block = ConvReluBn(80, 512, kernel_size=5)
@@ -49,12 +51,16 @@ class ConvReluBn(nn.Module):
         kernel_size: int = 1,
         dilation: int = 1,
         padding_mode: str = "zeros",
+        negative_slope: float = 0.0,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the frame count, got {kernel_size}")
         if padding_mode not in ("zeros", "reflect"):
             raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+        if not 0.0 <= negative_slope < 1.0:
+            raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
+        self.negative_slope = float(negative_slope)
         self.padding = dilation * (kernel_size - 1) // 2
         self.reflect = padding_mode == "reflect" and self.padding > 0
         self.conv = nn.Conv1d(
@@ -70,4 +76,6 @@ class ConvReluBn(nn.Module):
         """x: (B, C_in, T), zero at padded frames; mask: (B, 1, T) bool -> (B, C_out, T)."""
         if self.reflect:
             x = reflect_pad(x, mask, self.padding)
-        return self.norm(F.relu(self.conv(x)), mask) * mask
+        x = self.conv(x)
+        x = F.leaky_relu(x, self.negative_slope) if self.negative_slope > 0.0 else F.relu(x)
+        return self.norm(x, mask) * mask
