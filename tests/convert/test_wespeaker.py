@@ -1,20 +1,17 @@
 """WeSpeaker checkpoints (``avg_model.pt`` + ``config.yaml``) converted to bundles.
 
 The fixtures in tests/fixtures/peers/wespeaker were written by scripts/peer_fixtures/wespeaker.py
-with WeSpeaker's own model code (see the README there); the CI tests need no peer package. The
-full-size tests at the end build WeSpeaker's public architectures and run only where
-``wespeaker-unofficial`` and ``kaldi-native-fbank`` are installed.
+with WeSpeaker's own model code (see the README there). The parity tests at the end build
+WeSpeaker's architectures with its own code (wespeaker-unofficial, requirements-peers.txt), with
+random weights and BN statistics, and compare embeddings of real speech: the published ECAPA and
+ResNet34 at full size, ResNet152/221/293 at their real depths but narrow.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +22,12 @@ import yaml
 from typer.testing import CliRunner
 
 from speakerprint.cli.main import app
-from speakerprint.convert import convert
+from speakerprint.convert import convert, recognise
 from speakerprint.errors import BundleError
 from speakerprint.inference.encoder import SpeakerEncoder
+from speakerprint.models import count_parameters, create_model
 from speakerprint.models.bundle import load_bundle
+from tests.convert import peers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "peers" / "wespeaker"
 MODELS = ["ecapa", "resnet34"]
@@ -238,47 +237,45 @@ def test_emb_bn_and_no_global_context_map_onto_the_layout(tmp_path):
     assert hparams["mfa_norm"] is False and hparams["attention_norm"] is False
 
 
-# --- full-size public architectures, built with WeSpeaker's code (local only) -------------------
+# --- parity with WeSpeaker's own model code (wespeaker-unofficial) on real speech ---------------
 
 
-def _wespeaker_models(module: str) -> types.ModuleType:
-    """``wespeaker.models.<module>`` without the package __init__ (which imports torchaudio)."""
-    if "wespeaker" not in sys.modules:
-        spec = importlib.util.find_spec("wespeaker")
-        package = types.ModuleType("wespeaker")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["wespeaker"] = package
-    return importlib.import_module(f"wespeaker.models.{module}")
+def _save_wespeaker(folder: Path, model: torch.nn.Module, name: str, model_args: dict) -> Path:
+    """``model`` saved as WeSpeaker publishes it: avg_model.pt (with its AAM head) + config.yaml."""
+    projections = peers.wespeaker_module("projections")
+    model.add_module("projection", projections.ArcMarginProduct(model_args["embed_dim"], 7))
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "avg_model.pt")
+    config = {
+        "model": name,
+        "model_args": model_args,
+        "dataset_args": {
+            "resample_rate": 16000,
+            "fbank_args": {
+                "num_mel_bins": 80,
+                "frame_shift": 10,
+                "frame_length": 25,
+                "dither": 1.0,
+            },
+        },
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
 
 
-_PEER_MISSING = [
-    package
-    for package in ("wespeaker", "kaldi_native_fbank")
-    if importlib.util.find_spec(package) is None
-]
+def _parity(model: torch.nn.Module, bundle) -> list[float]:
+    """Cosines between WeSpeaker's embeddings (its model on its features) and the bundle's (our
+    features and encoder, from the waveform), over the shared utterances."""
+    cosines = []
+    for utterance in peers.UTTERANCES:
+        wav = peers.speech(utterance)
+        with torch.no_grad():
+            expected = model(peers.kaldi_fbank(wav))[-1][0]
+        emb = bundle.embed_batch(torch.from_numpy(wav)[None])[0]
+        cosines.append(peers.cosine(emb, expected))
+    return cosines
 
 
-def _wespeaker_features(samples: np.ndarray) -> torch.Tensor:
-    """WeSpeaker's test-time features (torchaudio's kaldi.fbank, as kaldi-native-fbank) + CMN."""
-    import kaldi_native_fbank as knf
-
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = 16000
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.window_type = "hamming"
-    opts.mel_opts.num_bins = 80
-    opts.energy_floor = 0.0
-    opts.use_energy = False
-    online = knf.OnlineFbank(opts)
-    online.accept_waveform(16000, (samples * 32768).tolist())
-    online.input_finished()
-    feats = torch.tensor(np.stack([online.get_frame(i) for i in range(online.num_frames_ready)]))
-    return (feats - feats.mean(dim=0)).unsqueeze(0)
-
-
-@pytest.mark.skipif(
-    bool(_PEER_MISSING), reason=f"peer packages not installed: {', '.join(_PEER_MISSING)}"
-)
 @pytest.mark.parametrize(
     ("model_name", "module", "model_args", "num_params"),
     [
@@ -298,44 +295,83 @@ def _wespeaker_features(samples: np.ndarray) -> torch.Tensor:
         ),
     ],
 )
-def test_full_size_wespeaker_model(tmp_path, demo_root, model_name, module, model_args, num_params):
+def test_full_size_wespeaker_model(tmp_path, model_name, module, model_args, num_params):
     torch.manual_seed(0)
-    model = getattr(_wespeaker_models(module), model_name)(**model_args).eval()
+    model = getattr(peers.wespeaker_module(module), model_name)(**model_args).eval()
     assert sum(p.numel() for p in model.parameters()) == num_params
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
-                n = bn.num_features
-                bn.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
-                bn.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-                bn.weight.copy_(1.0 + 0.2 * torch.randn(n, generator=generator))
-                bn.bias.copy_(0.1 * torch.randn(n, generator=generator))
-    projections = _wespeaker_models("projections")
-    model.add_module("projection", projections.ArcMarginProduct(model_args["embed_dim"], 7))
-    folder = tmp_path / "peer"
-    folder.mkdir()
-    torch.save(model.state_dict(), folder / "avg_model.pt")
-    config = {
-        "model": model_name,
-        "model_args": model_args,
-        "dataset_args": {"fbank_args": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25}},
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-
-    from speakerprint.audio import load_audio
-
-    clip = demo_root / "SPEAKER0036"
-    wav = load_audio(sorted(clip.glob("*.opus"))[0], 16000, duration_s=4.0)
-    wav = np.round(wav * 32767).astype(np.float32) / 32768  # the int16 samples a wav would hold
-    with torch.no_grad():
-        expected = model(_wespeaker_features(wav))[-1][0].numpy()
-
+    peers.perturb_batchnorm(model, seed=1)
+    folder = _save_wespeaker(tmp_path / "peer", model, model_name, model_args)
+    assert recognise(folder)[0] == "wespeaker"
     bundle = load_bundle(convert("wespeaker", folder / "avg_model.pt", tmp_path / "bundle"))
     assert sum(p.numel() for p in bundle.encoder.parameters()) == num_params
-    emb = bundle.embed_batch(torch.from_numpy(wav)[None])[0].numpy()
-    print(f"\nWeSpeaker full size ({num_params} parameters): cosine {_cosine(emb, expected):.7f}")
-    assert _cosine(emb, expected) >= 0.9999
+    cosines = _parity(model, bundle)
+    print(f"\n{model_name} ({num_params} parameters): min cosine {min(cosines):.9f}")
+    assert min(cosines) >= 0.9999
+
+
+# WeSpeaker's deep ResNets at their real depths, narrow (m_channels 8 instead of 32) for speed.
+DEEP_RESNETS = {
+    "ResNet152": [3, 8, 36, 3],
+    "ResNet221": [6, 16, 48, 3],
+    "ResNet293": [10, 20, 64, 3],
+}
+
+
+def _narrow_deep_resnet(name: str) -> tuple[torch.nn.Module, dict]:
+    resnet = peers.wespeaker_module("resnet")
+    model_args = {"feat_dim": 80, "embed_dim": 64, "pooling_func": "TSTP", "two_emb_layer": False}
+    torch.manual_seed(0)
+    model = resnet.ResNet(resnet.Bottleneck, DEEP_RESNETS[name], m_channels=8, **model_args)
+    peers.perturb_batchnorm(model.eval(), seed=2)
+    return model, model_args
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_RESNETS))
+def test_deep_resnet_gives_wespeakers_embeddings(tmp_path, name):
+    model, model_args = _narrow_deep_resnet(name)
+    folder = _save_wespeaker(tmp_path / "peer", model, name, model_args)
+    source, checkpoint, config = recognise(folder)
+    bundle = load_bundle(convert(source, checkpoint, tmp_path / "bundle", config=config))
+    assert bundle.encoder.hparams["block"] == "bottleneck"
+    assert bundle.encoder.hparams["blocks"] == DEEP_RESNETS[name]
+    peer_count = sum(p.numel() for p in model.parameters()) - model.projection.weight.numel()
+    assert sum(p.numel() for p in bundle.encoder.parameters()) == peer_count
+    cosines = _parity(model, bundle)
+    print(f"\n{name} (m_channels 8): min cosine {min(cosines):.9f}")
+    assert min(cosines) >= 0.9999
+
+
+def test_a_wrong_deep_resnet_conversion_fails_the_bound(tmp_path):
+    """The parity bound catches a conversion that forgets one BN deep in the network."""
+    model, model_args = _narrow_deep_resnet("ResNet152")
+    folder = _save_wespeaker(tmp_path / "peer", model, "ResNet152", model_args)
+    bundle = load_bundle(convert("wespeaker", folder / "avg_model.pt", tmp_path / "bundle"))
+    bundle.encoder.stages[2][20].conv3.norm.reset_running_stats()
+    assert min(_parity(model, bundle)) < 0.9999
+
+
+@pytest.mark.parametrize(
+    ("name", "factory", "published_millions"),
+    # examples/voxceleb/v2/README.md of wenet-e2e/wespeaker: ResNet221-TSTP-emb256 23.79M,
+    # ResNet293-TSTP-emb256 28.62M (truncated, as its 14.65M for 14,657,088).
+    [
+        ("ResNet152", "resnet152", None),
+        ("ResNet221", "resnet221", 23.79),
+        ("ResNet293", "resnet293", 28.62),
+    ],
+)
+def test_full_size_deep_resnet_matches_wespeakers_parameters(name, factory, published_millions):
+    resnet = peers.wespeaker_module("resnet")
+    with torch.device("meta"):
+        peer = getattr(resnet, name)(feat_dim=80, embed_dim=256)
+        ours = create_model(factory)
+    peer_count = sum(p.numel() for p in peer.parameters())
+    assert count_parameters(ours) == peer_count
+    assert sorted(v.shape for v in ours.state_dict().values()) == sorted(
+        v.shape for v in peer.state_dict().values()
+    )
+    if published_millions is not None:
+        assert int(peer_count / 1e4) / 100 == published_millions
 
 
 def test_unbiased_std_layout_is_torch_var_and_ignores_padding():

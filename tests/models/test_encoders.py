@@ -27,6 +27,9 @@ ZOO_NAMES = [
     "titanet_l",
     "resnet",
     "resnet34",
+    "resnet152",
+    "resnet221",
+    "resnet293",
     "xvector",
     "lstm_dvector",
     "deep_speaker",
@@ -276,9 +279,10 @@ def test_torchscript_matches_eager_for_any_shape(family):
 # Exact counts without any classifier. WeSpeaker reports ECAPA_TDNN_GLOB_c512 as 6.19M and
 # ECAPA_TDNN_GLOB_c1024 as 14.65M (truncated); 3D-Speaker reports 20.8M for its C=1024 ECAPA.
 # TitaNet's paper figures include a 16,681-speaker head: see test_zoo.py. WeSpeaker reports
-# ResNet34 as 6.63M; Deep Speaker's paper ResCNN as 24M; 3D-Speaker CAM++ (512-d, VoxCeleb) as
-# 7.18M (egs/voxceleb/sv-cam++/README.md), ERes2Net-base as 6.61M and ERes2NetV2 as 17.8M
-# (egs/voxceleb READMEs); the other ERes2Net counts equal those of speakerlab's own classes
+# ResNet34 as 6.63M, ResNet221 as 23.79M and ResNet293 as 28.62M (truncated: 28,626,016; see
+# tests/convert/test_wespeaker.py); Deep Speaker's paper ResCNN as 24M; 3D-Speaker CAM++ (512-d,
+# VoxCeleb) as 7.18M (egs/voxceleb/sv-cam++/README.md), ERes2Net-base as 6.61M and ERes2NetV2 as
+# 17.8M (egs/voxceleb READMEs); the other ERes2Net counts equal those of speakerlab's own classes
 # (tests/convert/test_speakerlab_eres2net.py). The x-vector TDNN (24 filterbanks, up to segment6)
 # and the GE2E LSTM have no published encoder-only count to hold them to.
 EXPECTED_PARAMETERS = {
@@ -294,6 +298,9 @@ EXPECTED_PARAMETERS = {
     "titanet_l": 22_130_352,
     "resnet": 6_634_336,
     "resnet34": 6_634_336,
+    "resnet152": 19_814_880,
+    "resnet221": 23_792_224,
+    "resnet293": 28_626_016,
     "xvector": 4_211_604,
     "xvector_speechbrain": 4_211_604,
     "lstm_dvector": 4_663_296,
@@ -315,6 +322,7 @@ EXPECTED_MILLIONS = {
     "ecapa_tdnn_c1024": (14.66, 2),
     "ecapa_tdnn_c1024_mfa3072": (20.8, 1),
     "resnet34": (6.63, 2),
+    "resnet221": (23.79, 2),
     "deep_speaker_rescnn": (24, 0),
     "eres2net_base": (6.61, 2),
     "eres2netv2": (17.86, 2),

@@ -20,11 +20,17 @@ from speakerprint.models import (
     count_parameters,
     create_model,
     lengths_to_mask,
+    script_encoder,
 )
 from speakerprint.models.campplus import campplus
 from speakerprint.models.deep_speaker import deep_speaker
 from speakerprint.models.ge2e import ge2e_lstm
-from speakerprint.models.layers import BasicBlock2d, MaskedBatchNorm2d, SqueezeExcitation1d
+from speakerprint.models.layers import (
+    BasicBlock2d,
+    Bottleneck2d,
+    MaskedBatchNorm2d,
+    SqueezeExcitation1d,
+)
 from speakerprint.models.lstm import lstm_dvector
 from speakerprint.models.resnet import resnet
 from speakerprint.models.tdnn import xvector
@@ -119,9 +125,13 @@ def test_training_mode_ignores_padding(family):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_basic_block_2d_downsamples_lengths_exactly(stride):
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+def test_2d_blocks_downsample_lengths_exactly(stride, kind):
     torch.manual_seed(0)
-    block = BasicBlock2d(2, 3, stride=stride, activation=torch.nn.ReLU()).eval()
+    if kind == "basic":
+        block = BasicBlock2d(2, 3, stride=stride, activation=torch.nn.ReLU()).eval()
+    else:
+        block = Bottleneck2d(2, 3, stride=stride).eval()
     frames = 13
     batch = 4 * torch.randn(frames, 2, 6, frames)  # row l - 1 has l valid steps
     lengths = torch.arange(1, frames + 1)
@@ -154,6 +164,46 @@ def test_resnet_pools_channels_times_frequency():
     model = build_on_meta("resnet34")
     assert model.stats_dim == 2 * 256 * 10  # 80 bins / 8
     assert [len(stage) for stage in model.stages] == [3, 4, 6, 3]
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks"),
+    [("resnet152", [3, 8, 36, 3]), ("resnet221", [6, 16, 48, 3]), ("resnet293", [10, 20, 64, 3])],
+)
+def test_deep_resnets_are_wespeakers_bottleneck_layouts(name, blocks):
+    model = build_on_meta(name)
+    assert [len(stage) for stage in model.stages] == blocks
+    assert all(isinstance(block, Bottleneck2d) for stage in model.stages for block in stage)
+    assert model.stats_dim == 2 * 4 * 256 * 10  # 4x expansion of 8c = 256 channels, 80 bins / 8
+    assert model.stages[1][0].conv2.stride == 2 and model.stages[1][0].conv1.stride == 1
+    assert (model.embed_dim, model.feat_dim) == (256, 80)
+    assert "block" not in build_on_meta("resnet34").hparams  # older bundles keep their configs
+
+
+def test_bottleneck_resnet_ignores_padding_and_trains():
+    """The ``resnet`` family's SMALL_HPARAMS build BasicBlocks; the same properties here."""
+    torch.manual_seed(0)
+    hparams = {**SMALL_HPARAMS["resnet"], "block": "bottleneck"}
+    model = create_model("resnet", **hparams)
+    rebuilt = create_model(model.family, **model.hparams)
+    rebuilt.load_state_dict(model.state_dict())
+    feats = torch.randn(3, 30, model.feat_dim)
+    padded = torch.cat([feats[:, :19], 3 * torch.randn(3, 11, model.feat_dim)], dim=1)
+    for training in (True, False):
+        model.train(training), rebuilt.train(training)
+        with torch.no_grad():
+            alone = model(feats[:, :19])
+            torch.testing.assert_close(
+                rebuilt(padded, torch.full((3,), 19)), alone, atol=1e-4, rtol=1e-4
+            )
+    model.train()
+    model(feats, torch.tensor([30, 12, 3])).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()
+    lengths = torch.tensor([30, 12, 3])
+    torch.testing.assert_close(script_encoder(model)(feats, lengths), model(feats, lengths))
+    with pytest.raises(ConfigError, match="block must be one of"):
+        create_model("resnet", block="preact")
 
 
 def test_lstm_dvector_is_the_unit_output_at_the_last_valid_frame():

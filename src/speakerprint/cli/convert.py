@@ -13,7 +13,10 @@ from speakerprint.cli.app import app, clean_errors
 @app.command("convert")
 @clean_errors
 def convert_cmd(
-    source: Annotated[str, typer.Argument(help="speechbrain, wespeaker, nemo or resemblyzer")],
+    source: Annotated[
+        str,
+        typer.Argument(help="speechbrain, wespeaker, nemo, pyannote, resemblyzer or speakerlab"),
+    ],
     checkpoint: Annotated[
         Path,
         typer.Argument(

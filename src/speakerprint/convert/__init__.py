@@ -5,15 +5,16 @@ that reads the peer's files (never importing the peer's code), maps its weights 
 encoder whose layout arguments reproduce the peer's architecture, records the peer's feature
 settings, and writes a bundle that gives the peer's embeddings:
 
-========== ===================================================== ===============================
-source     files                                                 models
-========== ===================================================== ===============================
+=========== ===================================================== ================================
+source      files                                                 models
+=========== ===================================================== ================================
 speechbrain ``embedding_model.ckpt`` (+ ``hyperparams.yaml``)     ECAPA-TDNN, x-vector (spkrec-*)
-wespeaker  ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34
-nemo       ``*.nemo`` archive                                    TitaNet
+wespeaker   ``avg_model.pt`` + ``config.yaml``                    ECAPA-TDNN, ResNet34/152/221/293
+nemo        ``*.nemo`` archive                                    TitaNet
+pyannote    ``pytorch_model.bin`` (a Lightning checkpoint)        WeSpeaker ResNet34 (and 152...)
 resemblyzer ``pretrained.pt`` (in the ``resemblyzer`` wheel)      GE2E LSTM (VoiceEncoder)
-speakerlab ``*.bin``/``*.ckpt`` + ``configuration.json``          CAM++, ERes2Net, ERes2NetV2
-========== ===================================================== ===============================
+speakerlab  ``*.bin``/``*.ckpt`` + ``configuration.json``          CAM++, ERes2Net, ERes2NetV2
+=========== ===================================================== ================================
 
 A local file or folder in a toolkit's own layout is recognised by :func:`recognise`: each source
 module also has ``find(path) -> (checkpoint, config) | None``, which answers whether ``path`` (a
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from speakerprint.errors import BundleError, ConfigError
 
-SOURCES = ("speechbrain", "wespeaker", "nemo", "resemblyzer", "speakerlab")
+SOURCES = ("speechbrain", "wespeaker", "nemo", "pyannote", "resemblyzer", "speakerlab")
 
 
 def recognise(path: str | os.PathLike) -> tuple[str, Path, Path | None]:

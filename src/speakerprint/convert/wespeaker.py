@@ -15,6 +15,8 @@ WeSpeaker ``model``                     speakerprint encoder
 ``ECAPA_TDNN_c512``, ``_c1024``         the same with ``global_context=False``
 ``ECAPA_TDNN`` (the class itself)       ``global_context = model_args.global_context_att``
 ``ResNet18``, ``ResNet34``              ``resnet`` with ``unbiased_std=True`` (WeSpeaker's TSTP)
+``ResNet152``, ``ResNet221``,           the same with ``block="bottleneck"`` (1x1, strided 3x3,
+``ResNet293``                           1x1 with 4x expansion)
 ======================================= ============================================================
 
 Widths (channels, the aggregation and attention sizes, the SE bottleneck, the embedding size) are
@@ -51,9 +53,18 @@ from speakerprint.models.bundle import save_bundle
 from speakerprint.models.registry import create_model
 from speakerprint.utils.hashing import sha256_file
 
-__all__ = ["convert"]
+__all__ = ["convert", "load_weights", "resnet_encoder"]
 
-_RESNET_BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
+# WeSpeaker ResNet name -> (block type, blocks per stage), from wespeaker/models/resnet.py.
+_RESNET_BLOCKS = {
+    "ResNet18": ("basic", (2, 2, 2, 2)),
+    "ResNet34": ("basic", (3, 4, 6, 3)),
+    "ResNet152": ("bottleneck", (3, 8, 36, 3)),
+    "ResNet221": ("bottleneck", (6, 16, 48, 3)),
+    "ResNet293": ("bottleneck", (10, 20, 64, 3)),
+}
+# Per block type, WeSpeaker's convolution and BN names -> ours (the shortcut is common to both).
+_RESNET_BLOCK_LAYERS = {"basic": ("1", "2"), "bottleneck": ("1", "2", "3")}
 _ECAPA_GLOBAL_CONTEXT = {
     "ECAPA_TDNN_c512": False,
     "ECAPA_TDNN_c1024": False,
@@ -109,13 +120,13 @@ def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
     if model_name.startswith("ECAPA_TDNN"):
         encoder, prefixes = _ecapa(checkpoint, state, model_name, model_args)
     elif model_name in _RESNET_BLOCKS:
-        encoder, prefixes = _resnet(checkpoint, state, model_name, model_args)
+        encoder, prefixes = resnet_encoder(checkpoint, state, model_name, model_args)
     else:
         raise BundleError(
             f"{config_path}: WeSpeaker model {model_name!r} is not supported; supported: "
             f"{sorted([*_ECAPA_GLOBAL_CONTEXT, 'ECAPA_TDNN', *_RESNET_BLOCKS])}"
         )
-    _load_weights(checkpoint, encoder, state, prefixes)
+    load_weights(checkpoint, encoder, state, prefixes)
     fbank_config = _fbank_config(config_path, settings, encoder.feat_dim)
     info = {
         "source": "wespeaker",
@@ -245,9 +256,12 @@ def _ecapa(
     return encoder, prefixes
 
 
-def _resnet(
+def resnet_encoder(
     path: Path, state: dict[str, torch.Tensor], name: str, model_args: dict[str, Any]
 ) -> tuple[EncoderModule, list[tuple[str, str]]]:
+    """The ``resnet`` encoder for WeSpeaker's ``name`` (``ResNet34``...) with the checkpoint's
+    widths, and the (WeSpeaker prefix, speakerprint prefix) pairs that map its tensors; also used
+    for pyannote's packaging of the same models (``speakerprint.convert.pyannote``)."""
     pooling = model_args.get("pooling_func", "TSTP")
     if pooling != "TSTP":
         raise BundleError(f"{path}: {name} with pooling_func {pooling!r} is not supported")
@@ -259,7 +273,7 @@ def _resnet(
     base_channels = _anchor(path, state, "conv1.weight", 4)[0]
     embed_dim = _anchor(path, state, "seg_1.weight", 2)[0]
     _check_arg(path, model_args, "embed_dim", embed_dim, "seg_1.weight")
-    blocks = _RESNET_BLOCKS[name]
+    block_type, blocks = _RESNET_BLOCKS[name]
     encoder = _build(
         path,
         "resnet",
@@ -268,24 +282,31 @@ def _resnet(
         blocks=list(blocks),
         embed_dim=embed_dim,
         unbiased_std=True,
+        block=block_type,
     )
+    return encoder, _resnet_prefixes(block_type, blocks)
+
+
+def _resnet_prefixes(block_type: str, blocks: tuple[int, ...]) -> list[tuple[str, str]]:
+    """(WeSpeaker prefix, speakerprint prefix) of every layer of a ``resnet`` encoder."""
     prefixes = [("conv1.", "stem.conv."), ("bn1.", "stem.norm.")]
     for stage, num_blocks in enumerate(blocks):
         for block in range(num_blocks):
             peer, ours = f"layer{stage + 1}.{block}.", f"stages.{stage}.{block}."
+            for i in _RESNET_BLOCK_LAYERS[block_type]:
+                prefixes += [
+                    (peer + f"conv{i}.", ours + f"conv{i}.conv."),
+                    (peer + f"bn{i}.", ours + f"conv{i}.norm."),
+                ]
             prefixes += [
-                (peer + "conv1.", ours + "conv1.conv."),
-                (peer + "bn1.", ours + "conv1.norm."),
-                (peer + "conv2.", ours + "conv2.conv."),
-                (peer + "bn2.", ours + "conv2.norm."),
                 (peer + "shortcut.0.", ours + "shortcut.conv."),
                 (peer + "shortcut.1.", ours + "shortcut.norm."),
             ]
     prefixes.append(("seg_1.", "embedding."))
-    return encoder, prefixes
+    return prefixes
 
 
-def _load_weights(
+def load_weights(
     path: Path,
     encoder: EncoderModule,
     state: dict[str, torch.Tensor],

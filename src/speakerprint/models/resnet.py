@@ -18,6 +18,12 @@ The standard deviation is the population one, clamped, so that one frame works; 
 gives WeSpeaker's TSTP statistics (``sqrt(unbiased var + 1e-7)``), which its converted checkpoints
 need (``speakerprint.convert.wespeaker``).
 
+``block="bottleneck"`` builds the deep variants instead: each block is 1x1 (c_i), 3x3 (c_i,
+strided), 1x1 (4 c_i) (:class:`~speakerprint.models.layers.Bottleneck2d`), so stage i ends
+``4 c_i`` wide and the pooled statistics are four times larger. With c = 32 and blocks
+[10, 20, 64, 3] this is WeSpeaker's ``ResNet293`` (28,626,016 parameters at D = 256, F = 80),
+[6, 16, 48, 3] its ``ResNet221`` and [3, 8, 36, 3] its ``ResNet152``.
+
 Padded time steps are zeroed before every convolution, and the downsampled lengths are exact:
 ``ceil(lengths / 2)`` per stride-2 stage (see :mod:`speakerprint.models.layers.conv2d`). BN batch
 statistics and the pooling skip padded steps, so padding never changes an embedding.
@@ -34,7 +40,7 @@ from torch import Tensor, nn
 
 from speakerprint.errors import ConfigError
 from speakerprint.models.base import EncoderModule
-from speakerprint.models.layers import BasicBlock2d, ConvBn2d
+from speakerprint.models.layers import BasicBlock2d, Bottleneck2d, ConvBn2d
 from speakerprint.models.registry import register_model
 from speakerprint.models.utils import check_int, masked_mean_std
 
@@ -45,9 +51,11 @@ class ResNet(EncoderModule):
     Args:
         feat_dim: F, input features per frame.
         base_channels: c, channels of stage 1; stage i has ``c * 2 ** (i - 1)``.
-        blocks: BasicBlocks per stage; stages after the first halve freq and time.
+        blocks: blocks per stage; stages after the first halve freq and time.
         embed_dim: D, size of the embedding.
         unbiased_std: pool the std as WeSpeaker does: variance over n - 1 frames, eps added.
+        block: ``"basic"`` (two 3x3 convs, ResNet18/34) or ``"bottleneck"`` (1x1, 3x3, 1x1 with
+            4x expansion, ResNet50 and deeper).
 
     >>> model = ResNet(base_channels=8, blocks=[1, 1, 1, 1], embed_dim=32).eval()
     >>> feats, lengths = torch.randn(2, 200, 80), torch.tensor([200, 150])
@@ -65,6 +73,7 @@ class ResNet(EncoderModule):
         blocks: Sequence[int] = (3, 4, 6, 3),
         embed_dim: int = 256,
         unbiased_std: bool = False,
+        block: str = "basic",
     ) -> None:
         super().__init__()
         for name, value in [
@@ -80,6 +89,8 @@ class ResNet(EncoderModule):
         blocks = tuple(check_int("blocks[]", n) for n in blocks)
         if not isinstance(unbiased_std, bool):
             raise ConfigError(f"unbiased_std must be a bool, got {unbiased_std!r}")
+        if block not in _BLOCKS:
+            raise ConfigError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
 
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
@@ -92,20 +103,21 @@ class ResNet(EncoderModule):
             "embed_dim": embed_dim,
             "unbiased_std": unbiased_std,
         }
+        if block != "basic":  # saved only when it matters, so older bundles keep their configs
+            self._hparams["block"] = block
         self.unbiased_std = unbiased_std
 
         self.stem = ConvBn2d(1, base_channels, kernel_size=3)
         stages = []
         in_channels, freq = base_channels, feat_dim
         for i, num_blocks in enumerate(blocks):
-            out_channels, stride = base_channels * 2**i, 1 if i == 0 else 2
-            stage = [BasicBlock2d(in_channels, out_channels, stride=stride, activation=nn.ReLU())]
-            stage += [
-                BasicBlock2d(out_channels, out_channels, activation=nn.ReLU())
-                for _ in range(num_blocks - 1)
-            ]
+            channels, stride = base_channels * 2**i, 1 if i == 0 else 2
+            stage = []
+            for j in range(num_blocks):
+                stage.append(_BLOCKS[block](in_channels, channels, 1 if j else stride))
+                in_channels = stage[-1].out_channels
             stages.append(nn.ModuleList(stage))
-            in_channels, freq = out_channels, -(-freq // stride)
+            freq = -(-freq // stride)
         self.stages = nn.ModuleList(stages)
         self.stats_dim = 2 * in_channels * freq
         self.embedding = nn.Linear(self.stats_dim, embed_dim)
@@ -124,6 +136,21 @@ class ResNet(EncoderModule):
         return self.embedding(torch.cat([mean, std], dim=1))
 
 
+def _basic(in_channels: int, channels: int, stride: int) -> nn.Module:
+    block = BasicBlock2d(in_channels, channels, stride=stride, activation=nn.ReLU())
+    block.out_channels = channels
+    return block
+
+
+def _bottleneck(in_channels: int, channels: int, stride: int) -> nn.Module:
+    block = Bottleneck2d(in_channels, channels, stride=stride)
+    block.out_channels = Bottleneck2d.expansion * channels
+    return block
+
+
+_BLOCKS = {"basic": _basic, "bottleneck": _bottleneck}
+
+
 @register_model
 def resnet(
     *,
@@ -132,6 +159,7 @@ def resnet(
     blocks: Sequence[int] = (3, 4, 6, 3),
     embed_dim: int = 256,
     unbiased_std: bool = False,
+    block: str = "basic",
 ) -> ResNet:
     """ResNet with every argument open (ResNet34 by default); saved models rebuild from it."""
     return ResNet(
@@ -140,6 +168,7 @@ def resnet(
         blocks=blocks,
         embed_dim=embed_dim,
         unbiased_std=unbiased_std,
+        block=block,
     )
 
 
@@ -147,3 +176,27 @@ def resnet(
 def resnet34(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
     """BasicBlocks [3, 4, 6, 3], c = 32: 6,634,336 parameters (WeSpeaker ResNet34, 6.63M)."""
     return ResNet(feat_dim=feat_dim, embed_dim=embed_dim, base_channels=32, blocks=(3, 4, 6, 3))
+
+
+# WeSpeaker's deep ResNets (wespeaker/models/resnet.py): Bottleneck blocks, c = 32, TSTP pooling.
+# Its VoxCeleb tables give ResNet221 23.79M and ResNet293 28.62M; our counts below are exact.
+
+
+@register_model
+def resnet152(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
+    """Bottleneck blocks [3, 8, 36, 3], c = 32: 19,814,880 parameters (WeSpeaker ResNet152)."""
+    return ResNet(feat_dim=feat_dim, embed_dim=embed_dim, blocks=(3, 8, 36, 3), block="bottleneck")
+
+
+@register_model
+def resnet221(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
+    """Bottleneck blocks [6, 16, 48, 3], c = 32: 23,792,224 parameters (WeSpeaker ResNet221)."""
+    return ResNet(feat_dim=feat_dim, embed_dim=embed_dim, blocks=(6, 16, 48, 3), block="bottleneck")
+
+
+@register_model
+def resnet293(*, feat_dim: int = 80, embed_dim: int = 256) -> ResNet:
+    """Bottleneck blocks [10, 20, 64, 3], c = 32: 28,626,016 parameters (WeSpeaker ResNet293)."""
+    return ResNet(
+        feat_dim=feat_dim, embed_dim=embed_dim, blocks=(10, 20, 64, 3), block="bottleneck"
+    )

@@ -9,12 +9,13 @@ input steps ``s t - k // 2 .. s t + k // 2``, padded ones being zero as at the e
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from speakerprint.models.layers.norm import MaskedBatchNorm2d, SyncMaskedBatchNorm2d
 
 # The 2-D norms live in norm.py beside the 1-D ones; imported here for the blocks and old imports.
-__all__ = ["BasicBlock2d", "ConvBn2d", "MaskedBatchNorm2d", "SyncMaskedBatchNorm2d"]
+__all__ = ["BasicBlock2d", "Bottleneck2d", "ConvBn2d", "MaskedBatchNorm2d", "SyncMaskedBatchNorm2d"]
 
 
 class ConvBn2d(nn.Module):
@@ -85,3 +86,40 @@ class BasicBlock2d(nn.Module):
         y, _ = self.conv2(self.activation(y), out_mask)
         residual = x if self.shortcut is None else self.shortcut(x, mask)[0]
         return self.activation(y + residual) * out_mask, out_mask
+
+
+class Bottleneck2d(nn.Module):
+    """ResNet bottleneck block: 1x1 down to ``channels``, 3x3 (strided), 1x1 up to 4 ``channels``.
+
+    ReLU after the first two convolutions and after the residual sum. The stride sits on the 3x3
+    convolution (as in WeSpeaker's ResNet152/221/293 and torchvision's ResNet v1.5); the shortcut
+    is a strided 1x1 ConvBn2d when the stride or the channel count changes, else the input. The
+    output, ``expansion * channels`` wide, is zero at padded time steps.
+
+    >>> import torch
+    >>> block = Bottleneck2d(32, 16, stride=2)
+    >>> x, mask = torch.randn(2, 32, 40, 9), torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    >>> block(x, mask)[0].shape
+    torch.Size([2, 64, 20, 5])
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, *, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = self.expansion * channels
+        self.conv1 = ConvBn2d(in_channels, channels, kernel_size=1)
+        self.conv2 = ConvBn2d(channels, channels, kernel_size=3, stride=stride)
+        self.conv3 = ConvBn2d(channels, out_channels, kernel_size=1)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ConvBn2d(in_channels, out_channels, kernel_size=1, stride=stride)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, 4 C, F', T') zero when padded, mask."""
+        y, _ = self.conv1(x, mask)
+        # conv2 zeroes padded steps of its input itself, as the 3x3 needs.
+        y, out_mask = self.conv2(torch.relu(y), mask)
+        y, _ = self.conv3(torch.relu(y), out_mask)
+        residual = x if self.shortcut is None else self.shortcut(x, mask)[0]
+        return torch.relu(y + residual) * out_mask, out_mask
