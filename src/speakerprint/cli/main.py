@@ -418,7 +418,7 @@ def models(
             "name": DEFAULT_ALIAS,
             "hub_id": "",
             "architecture": "ECAPA-TDNN C=512 (speakerprint)",
-            "parameters": None,
+            "parameters": 6_194_432,
             "embed_dim": 192,
             "sample_rate": 16000,
             "features": "80 log-mel (Kaldi, povey)",
