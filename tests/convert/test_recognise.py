@@ -65,3 +65,15 @@ def test_a_wespeaker_checkpoint_without_its_config_is_not_taken_for_one(tmp_path
     shutil.copy(PEERS / "wespeaker" / "resnet34" / "avg_model.pt", tmp_path)
     with pytest.raises(BundleError, match="known toolkit"):
         recognise(tmp_path)
+
+
+def test_the_hubs_wespeaker_layout_pairs_a_checkpoint_with_the_yaml_of_its_stem(tmp_path):
+    shutil.copy(
+        PEERS / "wespeaker" / "resnet34" / "avg_model.pt", tmp_path / "voxceleb_resnet221_LM.pt"
+    )
+    shutil.copy(
+        PEERS / "wespeaker" / "resnet34" / "config.yaml", tmp_path / "voxceleb_resnet221_LM.yaml"
+    )
+    source, checkpoint, config = recognise(tmp_path)
+    assert source == "wespeaker" and checkpoint.name == "voxceleb_resnet221_LM.pt"
+    assert config == tmp_path / "voxceleb_resnet221_LM.yaml"

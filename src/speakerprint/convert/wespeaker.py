@@ -81,19 +81,22 @@ LAYOUT = "a folder with avg_model.pt and config.yaml, as WeSpeaker's model downl
 
 
 def find(path: Path) -> tuple[Path, Path | None] | None:
-    """``(avg_model.pt, config.yaml)`` when ``path`` is in WeSpeaker's layout: a ``.pt`` file with
-    ``config.yaml`` beside it, or a folder holding ``avg_model.pt`` (or a single ``.pt``) and
-    ``config.yaml``."""
+    """``(checkpoint, config)`` when ``path`` is in WeSpeaker's layout: a ``.pt`` file with
+    ``config.yaml`` beside it (a recipe's exp folder, ``avg_model.pt``) or a YAML of the same stem
+    (the hub's ``voxceleb_resnet221_LM.pt`` + ``.yaml``), or a folder holding ``avg_model.pt`` (or a
+    single ``.pt``) and its config."""
     if path.is_dir():
         candidates = [path / "avg_model.pt"] if (path / "avg_model.pt").is_file() else []
         candidates = candidates or sorted(path.glob("*.pt"))
         if len(candidates) != 1:
             return None
         path = candidates[0]
-    config = path.parent / "config.yaml"
-    if path.suffix != ".pt" or not path.is_file() or not config.is_file():
+    if path.suffix != ".pt" or not path.is_file():
         return None
-    return path, config
+    for config in (path.parent / "config.yaml", path.with_suffix(".yaml")):
+        if config.is_file():
+            return path, config
+    return None
 
 
 def convert(checkpoint: Path, out: Path, *, config: Path | None = None) -> Path:
