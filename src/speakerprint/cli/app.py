@@ -35,6 +35,18 @@ MODEL_HELP = (
 )
 
 
+def choose_model(positional: str | None, option: str | None) -> str:
+    """The model named either as the MODEL argument or with --model (one of them, not both)."""
+    from speakerprint.errors import ConfigError
+
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(f"give the model once: MODEL is {positional!r} and --model {option!r}")
+    model = positional if positional is not None else option
+    if model is None:
+        raise ConfigError("name a model: MODEL or --model (`speakerprint models` lists the names)")
+    return model
+
+
 def clean_errors(fn):
     """Turn input errors into one line on stderr and exit status 2, not a traceback.
 

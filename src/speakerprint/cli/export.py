@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import MODEL_HELP, app, clean_errors
+from speakerprint.cli.app import MODEL_HELP, app, choose_model, clean_errors
 
 
 @app.command("export")
 @clean_errors
 def export_cmd(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL")],
+    model_arg: Annotated[str | None, typer.Argument(help=MODEL_HELP, metavar="MODEL")] = None,
+    *,
+    model: Annotated[str | None, typer.Option(help="The model, as MODEL")] = None,
     format_: Annotated[str, typer.Option("--format", help="onnx or torchscript")],
     out: Annotated[Path, typer.Option("--out", help="The model file (.onnx or .pt)")],
     with_features: Annotated[
@@ -83,7 +85,7 @@ def export_cmd(
         min_cosine=min_cosine,
         opset=opset,
     )
-    bundle = resolve_model(model)
+    bundle = resolve_model(choose_model(model_arg, model))
     if format_ == "torchscript":
         export_torchscript(bundle, out, with_features=with_features)
     elif quantize is None:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import MODEL_HELP, app, clean_errors, prepare_app
+from speakerprint.cli.app import MODEL_HELP, app, choose_model, clean_errors, prepare_app
 from speakerprint.errors import SpeakerprintError
 
 
@@ -246,7 +246,9 @@ _ReportOption = Annotated[
 @app.command("eval")
 @clean_errors
 def eval_cmd(
-    bundle: Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL")],
+    bundle: Annotated[str | None, typer.Argument(help=MODEL_HELP, metavar="MODEL")] = None,
+    *,
+    model: Annotated[str | None, typer.Option(help="The model, as MODEL")] = None,
     manifest: _ManifestOption,
     trials: _TrialsOption,
     json_: _JsonOption = False,
@@ -288,6 +290,7 @@ def eval_cmd(
     test_condition = _test_condition(condition, crop_s, num_crops)
     cohort_utts = _cohort(norm, cohort, top_k)
     enrollment_models = read_enrollment(enrollment) if enrollment is not None else None
+    bundle = choose_model(bundle, model)
     bundle_folder = resolve_model(bundle)
     b = load_bundle(bundle_folder, device=device)
     embedding_cache = (
