@@ -120,4 +120,4 @@ def test_missing_bundle_exits_2(tmp_path):
     result = runner.invoke(
         app, ["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path / "x")]
     )
-    assert result.exit_code == 2 and "does not exist" in result.output
+    assert result.exit_code == 2 and "no such file or folder" in result.output

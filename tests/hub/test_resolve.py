@@ -262,3 +262,14 @@ def test_models_lists_every_name_and_whether_it_is_cached(hub):
     resolve_model("test-resnet34")
     rows = {row["name"]: row for row in json.loads(runner.invoke(app, ["models", "--json"]).output)}
     assert rows["test-resnet34"]["cached"] is True
+
+
+def test_a_damaged_bundle_is_loaded_as_a_bundle_so_the_error_names_the_damage(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SPEAKERPRINT_CACHE", str(tmp_path / "cache"))
+    bundle = convert("wespeaker", WESPEAKER / "avg_model.pt", tmp_path / "bundle")
+    (bundle / "config.json").write_text("{not json")
+    assert resolve_model(bundle) == bundle
+    with pytest.raises(BundleError, match="not valid JSON"):
+        SpeakerEncoder.from_pretrained(bundle)

@@ -46,6 +46,20 @@ def _is_bundle(path: Path) -> bool:
         return False
 
 
+def _looks_like_bundle(path: Path) -> bool:
+    """A folder meant as a bundle, complete or not: loading it then names what is wrong with it
+    (a corrupt config.json, missing weights) rather than calling it an unknown layout."""
+    if not path.is_dir():
+        return False
+    if (path / "model.safetensors").is_file():
+        return True
+    try:
+        text = (path / "config.json").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '"speakerprint-bundle"' in text
+
+
 def resolve_model(model: str | os.PathLike | None = None) -> Path:
     """The bundle folder for whatever names a model; converts (once) what needs converting.
 
@@ -67,7 +81,7 @@ def resolve_model(model: str | os.PathLike | None = None) -> Path:
     text = os.fspath(model)
     path = Path(text).expanduser()
     if path.exists():
-        return path if _is_bundle(path) else _convert_local(path)
+        return path if _looks_like_bundle(path) else _convert_local(path)
     entry = find_model(text)
     if entry is not None:
         return _from_catalog(entry)
