@@ -131,7 +131,9 @@ CATALOG: tuple[PretrainedModel, ...] = (
         ),
         source="nemo",
         architecture="TitaNet-L (NeMo)",
-        parameters=25_300_000,
+        # The encoder, counted; the published 25.3M (paper, NGC card) includes the training
+        # head of 16,681 speakers x 192 (3,202,752), which the conversion drops.
+        parameters=22_122_288,
         embed_dim=192,
         sample_rate=16000,
         features="80 log-mel (NeMo featurizer)",
@@ -213,7 +215,7 @@ CATALOG: tuple[PretrainedModel, ...] = (
         files=(HubFile("campplus_cn_common.bin", None), HubFile("configuration.json", None)),
         source="speakerlab",
         architecture="CAM++ (3D-Speaker)",
-        parameters=7_180_000,
+        parameters=6_848_544,  # counted: 3D-Speaker's 7.18M is CAM++ at 512-d, this one is 192-d
         embed_dim=192,
         sample_rate=16000,
         features=_3DSPEAKER_FBANK,
