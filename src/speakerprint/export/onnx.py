@@ -221,6 +221,18 @@ def quantize_onnx_int8(
     model = onnx.load(str(source))
     feeds = None if calibration is None else _calibration_feeds(calibration, meta)
     exclude = _float_nodes(model, ends=feeds is not None)
+    quantisable = [
+        node.name
+        for node in model.graph.node
+        if node.op_type in _QUANTISED_OPS and node.name not in exclude
+    ]
+    if not quantisable:
+        ops = sorted({node.op_type for node in model.graph.node if node.op_type in ("LSTM", "GRU")})
+        raise QuantizationError(
+            f"{source}: int8 would quantise nothing in this model (it quantises {', '.join(_QUANTISED_OPS)} "
+            f"layers and keeps the first and last ones float{'; its weights are in ' + ', '.join(ops) + ' layers' if ops else ''}); "
+            "use the fp32 export"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     quiet = _DropPreprocessHint()

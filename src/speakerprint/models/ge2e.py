@@ -143,20 +143,19 @@ class Ge2eLstm(EncoderModule):
         row_frames = mask.sum(dim=(1, 2))  # (B,)
         feats = feats.masked_fill(~mask.transpose(1, 2), 0.0)
         count = self.num_windows(row_frames)  # (B,)
-        max_count = int(count.max())
-        span = (max_count - 1) * self.partial_step_frames + self.partial_frames
-        if span > frames:
-            feats = F.pad(feats, (0, 0, 0, span - frames))
-        windows = feats.unfold(1, self.partial_frames, self.partial_step_frames)  # (B, W', F, P)
-        windows = windows[:, :max_count].transpose(2, 3)  # (B, W, P, F)
+        # Every row is cut into as many windows as the longest needs, gathered with an index
+        # matrix (not unfold, whose length ONNX cannot take dynamically); windows past a row's
+        # count are embedded too and left out of its mean, so padding changes no row.
+        max_count = count.max()
+        starts = torch.arange(max_count, device=feats.device) * self.partial_step_frames  # (W,)
+        offsets = torch.arange(self.partial_frames, device=feats.device)  # (P,)
+        index = starts[:, None] + offsets[None, :]  # (W, P)
+        inside = index < frames  # windows reach past the last frame: zeros there
+        windows = feats[:, index.clamp(max=frames - 1)] * inside[None, :, :, None]  # (B, W, P, F)
+        partial = self.embed_windows(windows.flatten(0, 1)).view(batch, -1, self.embed_dim)
         valid = torch.arange(max_count, device=feats.device)[None, :] < count[:, None]  # (B, W)
-        index = valid.flatten().nonzero().squeeze(1)  # (N,) rows of the flattened (B * W)
-        partial = self.embed_windows(windows.flatten(0, 1).index_select(0, index))  # (N, D)
-        summed = torch.zeros(
-            batch * max_count, self.embed_dim, dtype=partial.dtype, device=partial.device
-        )
-        summed = summed.index_copy(0, index, partial).view(batch, max_count, self.embed_dim)
-        mean = summed.sum(dim=1) / count[:, None].to(partial.dtype)  # (B, D)
+        summed = (partial * valid[:, :, None].to(partial.dtype)).sum(dim=1)  # (B, D)
+        mean = summed / count[:, None].to(partial.dtype)
         return F.normalize(mean, dim=1)
 
 
