@@ -49,13 +49,17 @@ from torch import Tensor, nn
 from speakerprint.errors import ConfigError
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.layers import ConvBn2d, MaskedBatchNorm2d
+from speakerprint.models.layers.conv2d import add_residual
 from speakerprint.models.registry import register_model
 from speakerprint.models.utils import check_int, masked_mean_std
 
 
 def _clipped_relu(x: Tensor) -> Tensor:
-    """The activation of 3D-Speaker's ResNet blocks: a Hardtanh from 0 to 20."""
-    return torch.clamp(x, 0.0, 20.0)
+    """The activation of 3D-Speaker's ResNet blocks: a Hardtanh from 0 to 20. In place when no
+    gradient is recorded: every caller hands it a fresh tensor that nothing else holds."""
+    if torch.is_grad_enabled():
+        return torch.clamp(x, 0.0, 20.0)
+    return x.clamp_(0.0, 20.0)
 
 
 class AttentionalFusion2d(nn.Module):
@@ -83,10 +87,12 @@ class AttentionalFusion2d(nn.Module):
         self.out = nn.Conv2d(hidden, channels, kernel_size=1)
         self.out_norm = MaskedBatchNorm2d(channels)
 
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        """x, y: (B, C, F, T); mask: (B, 1, 1, T) -> (B, C, F, T)."""
-        hidden = F.silu(self.hidden_norm(self.hidden(torch.cat([x, y], dim=1)), mask))
-        weight = 1.0 + torch.tanh(self.out_norm(self.out(hidden), mask))
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor, padded: bool = True) -> Tensor:
+        """x, y: (B, C, F, T); mask: (B, 1, 1, T) -> (B, C, F, T). ``padded=False``: the mask is
+        all True, and the norms need none."""
+        norm_mask = mask if padded else None
+        hidden = F.silu(self.hidden_norm(self.hidden(torch.cat([x, y], dim=1)), norm_mask))
+        weight = 1.0 + torch.tanh(self.out_norm(self.out(hidden), norm_mask))
         return x * weight + y * (2.0 - weight)
 
 
@@ -102,13 +108,15 @@ class Res2Group(nn.Module):
         self.fuse = AttentionalFusion2d(width) if fuse else None
         self.conv = ConvBn2d(width, width, kernel_size=3)
 
-    def forward(self, part: Tensor, previous: Tensor | None, mask: Tensor) -> Tensor:
+    def forward(
+        self, part: Tensor, previous: Tensor | None, mask: Tensor, padded: bool = True
+    ) -> Tensor:
         """part, previous: (B, width, F, T); mask: (B, 1, 1, T) -> (B, width, F, T)."""
         x = part
         if previous is not None:
             fuse = self.fuse
-            x = previous + part if fuse is None else fuse(previous, part, mask)
-        return _clipped_relu(self.conv(x, mask)[0])
+            x = previous + part if fuse is None else fuse(previous, part, mask, padded)
+        return _clipped_relu(self.conv(x, mask, padded)[0])
 
 
 class ERes2NetBlock(nn.Module):
@@ -147,19 +155,22 @@ class ERes2NetBlock(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBn2d(in_channels, out_channels, kernel_size=1, stride=stride)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, e p, F', T') zero when padded, mask."""
-        y, out_mask = self.conv_in(x, mask)
+    def forward(self, x: Tensor, mask: Tensor, padded: bool = True) -> tuple[Tensor, Tensor]:
+        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, e p, F', T') zero when padded, mask.
+
+        ``padded=False``: no step is padded, nothing needs zeroing (see ``ConvBn2d``)."""
+        y, out_mask = self.conv_in(x, mask, padded)
         parts = torch.split(_clipped_relu(y), self.width, dim=1)  # scale x (B, width, F', T')
         outputs: list[Tensor] = []
         previous: Tensor | None = None
         for i, group in enumerate(self.groups):
-            previous = group(parts[i], previous, out_mask)
+            previous = group(parts[i], previous, out_mask, padded)
             outputs.append(previous)
-        y, _ = self.conv_out(torch.cat(outputs, dim=1), out_mask)
+        y, _ = self.conv_out(torch.cat(outputs, dim=1), out_mask, padded)
         shortcut = self.shortcut
-        residual = x if shortcut is None else shortcut(x, mask)[0]
-        return _clipped_relu(y + residual) * out_mask, out_mask
+        residual = x if shortcut is None else shortcut(x, mask, padded)[0]
+        y = _clipped_relu(add_residual(y, residual))
+        return (y * out_mask if padded else y), out_mask
 
 
 class GlobalFusion(nn.Module):
@@ -176,10 +187,14 @@ class GlobalFusion(nn.Module):
         )
         self.fuse = AttentionalFusion2d(out_channels)
 
-    def forward(self, stage: Tensor, chain: Tensor, chain_mask: Tensor, mask: Tensor) -> Tensor:
+    def forward(
+        self, stage: Tensor, chain: Tensor, chain_mask: Tensor, mask: Tensor, padded: bool = True
+    ) -> Tensor:
         """stage: (B, C_out, F', T'); chain: (B, C_in, F, T) and its mask (B, 1, 1, T); mask:
         (B, 1, 1, T') -> (B, C_out, F', T')."""
-        return self.fuse(stage, self.downsample(chain * chain_mask), mask)
+        if padded:
+            chain = chain * chain_mask
+        return self.fuse(stage, self.downsample(chain), mask, padded)
 
 
 class ERes2Net(EncoderModule):
@@ -293,21 +308,27 @@ class ERes2Net(EncoderModule):
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         """feats: (B, T, F); lengths: (B,) valid frames, None for all -> embeddings (B, D)."""
         mask = self.input_mask(feats, lengths).unsqueeze(1)  # (B, 1, 1, T)
+        # Without padding the blocks skip their masking; a traced export always keeps it.
+        padded = torch.jit.is_tracing() or not bool(mask.all())
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
-        x, mask = self.stem(x, mask)
-        x = F.relu(x) * mask
+        x, mask = self.stem(x, mask, padded)
+        x = F.relu(x)
+        if padded:
+            x = x * mask
         outputs: list[Tensor] = []
         masks: list[Tensor] = []
         for stage in self.stages:
             for block in stage:
-                x, mask = block(x, mask)  # (B, C', F', T')
+                x, mask = block(x, mask, padded)  # (B, C', F', T')
             outputs.append(x)
             masks.append(mask)
         # The chain starts at stage global_fusion_from and ends at the last stage's output.
         first = self.global_fusion_from - 1
         fused = outputs[first]
         for k, fusion in enumerate(self.fusions):
-            fused = fusion(outputs[first + k + 1], fused, masks[first + k], masks[first + k + 1])
+            fused = fusion(
+                outputs[first + k + 1], fused, masks[first + k], masks[first + k + 1], padded
+            )
         fused_mask = masks[-1]
         # mean, std: 2 x (B, C' F')
         # 3D-Speaker's TSTP: sqrt(unbiased var + 1e-8).

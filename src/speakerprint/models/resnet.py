@@ -125,12 +125,17 @@ class ResNet(EncoderModule):
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         """feats: (B, T, F); lengths: (B,) valid frames, None for all -> embeddings (B, D)."""
         mask = self.input_mask(feats, lengths).unsqueeze(1)  # (B, 1, 1, T)
+        # Without padding (one utterance, or equal lengths) the blocks skip their masking, a
+        # tenth of the time of a deep ResNet; a traced export always keeps it, for padded batches.
+        padded = torch.jit.is_tracing() or not bool(mask.all())
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
-        x, mask = self.stem(x, mask)
-        x = F.relu(x) * mask
+        x, mask = self.stem(x, mask, padded)
+        x = F.relu(x)
+        if padded:
+            x = x * mask
         for stage in self.stages:
             for block in stage:
-                x, mask = block(x, mask)  # (B, C', F', T')
+                x, mask = block(x, mask, padded)  # (B, C', F', T')
         # mean, std: 2 x (B, C' F')
         mean, std = masked_mean_std(x.flatten(1, 2), mask.squeeze(1), 1e-7, self.unbiased_std)
         return self.embedding(torch.cat([mean, std], dim=1))

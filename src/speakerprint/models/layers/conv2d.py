@@ -18,6 +18,14 @@ from speakerprint.models.layers.norm import MaskedBatchNorm2d, SyncMaskedBatchNo
 __all__ = ["BasicBlock2d", "Bottleneck2d", "ConvBn2d", "MaskedBatchNorm2d", "SyncMaskedBatchNorm2d"]
 
 
+def add_residual(y: Tensor, residual: Tensor) -> Tensor:
+    """``y + residual``, in place when no gradient is recorded (``y`` is a fresh norm output that
+    nothing else holds): one pass over the map instead of an allocation and a pass."""
+    if torch.is_grad_enabled():
+        return y + residual
+    return y.add_(residual)
+
+
 class ConvBn2d(nn.Module):
     """Conv2d (no bias, "same" zero padding, equal stride on both axes), then masked BatchNorm.
 
@@ -45,14 +53,21 @@ class ConvBn2d(nn.Module):
             bias=False,
         )
         self.norm = MaskedBatchNorm2d(out_channels)
+        # A 1x1 convolution reads one time step: garbage at padded steps stays there, and every
+        # block zeroes its output, so only wider kernels need their input zeroed.
+        self.zero_input = kernel_size > 1
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, padded: bool = True) -> tuple[Tensor, Tensor]:
         """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, C_out, F', T') and its mask (B, 1, 1, T').
 
+        ``padded=False`` says that no step is padded (the mask is all True): nothing is zeroed
+        and the norm takes no mask, which gives the same output without the masking's cost.
         The output is not zeroed at padded steps.
         """
         out_mask = mask[..., :: self.stride]
-        return self.norm(self.conv(x * mask), out_mask), out_mask
+        if padded and self.zero_input:
+            x = x * mask
+        return self.norm(self.conv(x), out_mask if padded else None), out_mask
 
 
 class BasicBlock2d(nn.Module):
@@ -80,12 +95,15 @@ class BasicBlock2d(nn.Module):
             self.shortcut = ConvBn2d(in_channels, out_channels, kernel_size=1, stride=stride)
         self.activation = activation
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, C_out, F', T') zero when padded, mask."""
-        y, out_mask = self.conv1(x, mask)
-        y, _ = self.conv2(self.activation(y), out_mask)
-        residual = x if self.shortcut is None else self.shortcut(x, mask)[0]
-        return self.activation(y + residual) * out_mask, out_mask
+    def forward(self, x: Tensor, mask: Tensor, padded: bool = True) -> tuple[Tensor, Tensor]:
+        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, C_out, F', T') zero when padded, mask.
+
+        ``padded=False``: no step is padded, nothing needs zeroing (see :class:`ConvBn2d`)."""
+        y, out_mask = self.conv1(x, mask, padded)
+        y, _ = self.conv2(self.activation(y), out_mask, padded)
+        residual = x if self.shortcut is None else self.shortcut(x, mask, padded)[0]
+        y = self.activation(add_residual(y, residual))
+        return (y * out_mask if padded else y), out_mask
 
 
 class Bottleneck2d(nn.Module):
@@ -115,11 +133,15 @@ class Bottleneck2d(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBn2d(in_channels, out_channels, kernel_size=1, stride=stride)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, 4 C, F', T') zero when padded, mask."""
-        y, _ = self.conv1(x, mask)
+    def forward(self, x: Tensor, mask: Tensor, padded: bool = True) -> tuple[Tensor, Tensor]:
+        """x: (B, C_in, F, T); mask: (B, 1, 1, T) -> (B, 4 C, F', T') zero when padded, mask.
+
+        ``padded=False``: no step is padded, nothing needs zeroing (see :class:`ConvBn2d`)."""
+        y, _ = self.conv1(x, mask, padded)
         # conv2 zeroes padded steps of its input itself, as the 3x3 needs.
-        y, out_mask = self.conv2(torch.relu(y), mask)
-        y, _ = self.conv3(torch.relu(y), out_mask)
-        residual = x if self.shortcut is None else self.shortcut(x, mask)[0]
-        return torch.relu(y + residual) * out_mask, out_mask
+        y, out_mask = self.conv2(torch.relu(y), mask, padded)
+        y, _ = self.conv3(torch.relu(y), out_mask, padded)
+        residual = x if self.shortcut is None else self.shortcut(x, mask, padded)[0]
+        y = add_residual(y, residual)
+        y = torch.relu_(y) if not torch.is_grad_enabled() else torch.relu(y)
+        return (y * out_mask if padded else y), out_mask
