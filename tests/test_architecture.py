@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "convert": 7,
     "hub": 7,
     "serve": 8,
+    "diarize": 8,
     "cli": 9,
     "__main__": 9,
 }
