@@ -472,6 +472,7 @@ from speakerprint.cli import store  # noqa: E402,F401
 from speakerprint.cli import corpora  # noqa: E402,F401
 from speakerprint.cli import convert  # noqa: E402,F401
 from speakerprint.cli import serve  # noqa: E402,F401
+from speakerprint.cli import diarize  # noqa: E402,F401
 # isort: on
 # fmt: on
 

@@ -22,6 +22,8 @@ from speakerprint.errors import ConfigError
 __all__ = ["CLUSTER_METHODS", "SpeakerBounds", "cluster_embeddings", "normalised_centroids"]
 
 CLUSTER_METHODS: tuple[str, ...] = ("ahc", "spectral")
+#: The most speakers the eigengap looks for (the bound only clamps what it finds).
+MAX_EIGENGAP_SPEAKERS = 20
 DIARIZE_HINT = "pip install 'speakerprint[diarize]'"
 
 
@@ -134,13 +136,13 @@ def _spectral(emb: np.ndarray, low: int, high: int) -> np.ndarray:
     scale = 1.0 / np.sqrt(degree)
     laplacian = np.eye(num_windows) - scale[:, None] * affinity * scale[None, :]
     eigenvalues, eigenvectors = np.linalg.eigh((laplacian + laplacian.T) / 2)
-    high = min(high, num_windows - 1)  # the eigengap needs the eigenvalue after the k-th
-    if low >= high:
+    if low == high:
         k = low
     else:
-        # gap after the k-th smallest eigenvalue, for k in [low, high]
-        gaps = eigenvalues[low : high + 1] - eigenvalues[low - 1 : high]
-        k = low + int(np.argmax(gaps))
+        # The gap after the k-th smallest eigenvalue, for every k the windows allow: a count
+        # found above max_speakers is clamped to it, not replaced by the best gap below it.
+        gaps = np.diff(eigenvalues[: min(num_windows, MAX_EIGENGAP_SPEAKERS + 1)])
+        k = min(max(1 + int(np.argmax(gaps)), low), high) if len(gaps) else low
     if k == 1:
         return np.zeros(num_windows, dtype=np.int64)
     features = eigenvectors[:, :k]

@@ -107,8 +107,10 @@ def embed_speech_windows(
     spans: list[tuple[int, int]] = []
     parts: list[np.ndarray] = []
     offset = 0
-    bar = _progress_bar(path, progress)
+    bar = None
     for block in stream_audio(path, sr, block_s=BLOCK_S):
+        if progress and bar is None:  # after the first block: a bad file fails without a bar
+            bar = _progress_bar(path)
         block_spans = []
         for start, end in _block_regions(block, sr, detector):
             if regions and regions[-1][1] == offset + start:  # cut by the block boundary
@@ -138,9 +140,7 @@ def embed_speech_windows(
     )
 
 
-def _progress_bar(path: str | os.PathLike, progress: bool):
-    if not progress:
-        return None
+def _progress_bar(path: str | os.PathLike):
     from tqdm import tqdm
 
     try:
