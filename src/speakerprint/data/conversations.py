@@ -220,9 +220,9 @@ def _onsets(
     """Onset of each turn in samples, and the conversation's length.
 
     A turn overlaps the previous one by what brings overlapped / speech time to the target
-    (solving (O + d) / (U + L - d) = r for d), when that is at least MIN_OVERLAP_S and leaves
-    the turn before the previous one finished (two speakers at most); otherwise it follows
-    a pause.
+    (solving (O + d) / (U + L - d) = r for d), when that is at least half MIN_OVERLAP_S (then
+    made at least MIN_OVERLAP_S long) and the overlap leaves the turn before the previous one
+    finished (two speakers at most); otherwise it follows a pause.
     """
     sr, r = config.sample_rate, config.overlap
     onsets: list[int] = []
@@ -235,10 +235,13 @@ def _onsets(
         else:
             wanted = (r * (union + length) - overlapped) / (1 + r)
             room = min(prev_end - max(prev_start, before_prev_end), length) // 2
-            overlap = int(min(wanted, room))
-            start = (
-                prev_end - overlap if r > 0 and overlap >= MIN_OVERLAP_S * sr else prev_end + pause
-            )
+            shortest = MIN_OVERLAP_S * sr
+            if r > 0 and wanted >= shortest / 2 and room >= shortest:
+                # rounded up to the shortest overlap rather than down to none, so the
+                # fraction made is not biased under the target
+                start = prev_end - int(min(max(wanted, shortest), room))
+            else:
+                start = prev_end + pause
         overlap = max(prev_end - start, 0) if onsets else 0
         union += length - overlap
         overlapped += overlap
