@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -148,3 +149,47 @@ def test_cli_reference_without_turns_is_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["eval-diarization", str(ref), str(hyp)])
     assert result.exit_code == 2 and result.output.startswith("error: ")
     assert "no SPEAKER turns" in result.output
+
+
+def test_overlapping_turns_of_one_speaker_count_once():
+    # The hypothesis says "s0" twice over [5,10]: still one speaker there, so with the
+    # reference's two speakers, 5 s are missed (not confused).
+    hyp = turns((0, 10, "s0"), (5, 15, "s0"))
+    score = diarization_error(OVERLAP_REF, hyp, collar_s=0.0)
+    approx(score, total=20, missed=5, false_alarm=0, confusion=5)
+
+
+def _frame_der(reference: list[Turn], hypothesis: list[Turn]) -> float:
+    """DER counted on 1 ms frames with the best one-to-one label map (Hungarian): an
+    implementation independent of pyannote's, for times on whole milliseconds, no collar."""
+    from scipy.optimize import linear_sum_assignment
+
+    def activity(ts):
+        labels = sorted({t.speaker for t in ts})
+        act = np.zeros((len(labels), 100_000), bool)
+        for t in ts:
+            act[labels.index(t.speaker), round(t.start_s * 1000) : round(t.end_s * 1000)] = True
+        return act.astype(np.int64)
+
+    ref, hyp = activity(reference), activity(hypothesis)
+    n_ref, n_hyp = ref.sum(0), hyp.sum(0)
+    rows, cols = linear_sum_assignment(-(ref @ hyp.T))
+    correct = (ref @ hyp.T)[rows, cols].sum()
+    errors = np.maximum(n_ref, n_hyp).sum() - correct
+    return errors / n_ref.sum()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_agrees_with_a_frame_count_on_random_turns(seed):
+    rng = np.random.default_rng(seed)
+
+    def random_turns(names):
+        starts = rng.integers(0, 60_000, 12)
+        return [
+            Turn("f", s / 1000, int(rng.integers(200, 8_000)) / 1000, str(rng.choice(names)))
+            for s in starts
+        ]
+
+    reference, hypothesis = random_turns(["A", "B", "C"]), random_turns(["s0", "s1", "s2", "s3"])
+    score = diarization_error(reference, hypothesis, collar_s=0.0)
+    assert score.der == pytest.approx(_frame_der(reference, hypothesis), abs=1e-6)

@@ -155,7 +155,9 @@ def _annotation(turns: Iterable[Turn], Annotation, Segment):
     for track, turn in enumerate(turns):
         if turn.duration_s > 0:  # an empty segment is no speech, and pyannote rejects it
             annotation[Segment(turn.start_s, turn.end_s), track] = turn.speaker
-    return annotation
+    # Overlapping turns of one speaker are one speaker talking, as md-eval merges them; left
+    # apart, pyannote would count that speaker twice there.
+    return annotation.support()
 
 
 def _check_collar(collar_s: float) -> None:
