@@ -470,6 +470,8 @@ from speakerprint.cli import embed  # noqa: E402,F401
 from speakerprint.cli import plot  # noqa: E402,F401
 from speakerprint.cli import store  # noqa: E402,F401
 from speakerprint.cli import corpora  # noqa: E402,F401
+from speakerprint.cli import diarization_eval  # noqa: E402,F401
+from speakerprint.cli import simulate  # noqa: E402,F401
 from speakerprint.cli import convert  # noqa: E402,F401
 from speakerprint.cli import serve  # noqa: E402,F401
 from speakerprint.cli import diarize  # noqa: E402,F401
