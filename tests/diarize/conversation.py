@@ -31,6 +31,7 @@ def build_conversation(
     turns_per_speaker: int = 3,
     pause_s: float = 0.4,
     max_utt_s: float = 4.0,
+    noise_floor: bool = True,
 ) -> list[Turn]:
     """Write ``out`` (16 kHz WAV) and return its true turns (speaker = the folder name)."""
     files = {s: sorted((speech_root / s).glob("*.opus"))[:turns_per_speaker] for s in speakers}
@@ -50,7 +51,8 @@ def build_conversation(
     # A room's noise floor (-60 dBFS) under everything: digital zeros are no recording's
     # silence, and windows that reach into them embed as their edges, not their speaker.
     audio = np.concatenate(pieces)
-    audio += np.random.default_rng(0).normal(0.0, 1e-3, len(audio)).astype(np.float32)
+    if noise_floor:
+        audio += np.random.default_rng(0).normal(0.0, 1e-3, len(audio)).astype(np.float32)
     sf.write(out, audio, SAMPLE_RATE)
     return turns
 

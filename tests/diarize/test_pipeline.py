@@ -30,6 +30,18 @@ def test_three_well_separated_speakers_are_found_as_three(three_speakers, encode
     assert starts == sorted(starts) and result.turns[0].speaker == "SPEAKER_00"
 
 
+def test_digital_silence_between_turns_does_not_merge_the_speakers(speech_root, encoder, tmp_path):
+    """Exact zeros between turns (muted or zero-padded audio) sit at the features' log floor; the
+    pipeline's one-step dither keeps windows that touch them apart by speaker."""
+    from tests.diarize.conversation import build_conversation
+
+    path = tmp_path / "zeros.wav"
+    reference = build_conversation(speech_root, WELL_SEPARATED, path, noise_floor=False)
+    result = diarize(path, encoder=encoder)
+    assert len(result.labels()) == 3
+    assert frame_error(reference, result.turns)[1] < 0.05
+
+
 def test_num_speakers_forces_the_count(three_speakers, encoder):
     path, _ = three_speakers
     assert len(diarize(path, encoder=encoder, num_speakers=2).labels()) == 2

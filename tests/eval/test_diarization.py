@@ -103,7 +103,7 @@ def test_negative_collar_is_refused():
 
 def test_without_the_extra_the_error_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyannote.metrics.diarization", None)
-    with pytest.raises(ImportError, match=r"speakerprint\[diarization\]"):
+    with pytest.raises(ImportError, match=r"speakerprint\[diarize\]"):
         diarization_error(CHANGE_REF, CHANGE_HYP)
 
 

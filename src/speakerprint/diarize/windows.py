@@ -118,7 +118,12 @@ def embed_speech_windows(
             else:
                 regions.append([offset + start, offset + end])
             block_spans += _windows(start, end, window, hop)
-        wav = torch.from_numpy(block)
+        # One int16 step of noise, as Kaldi's default dither: stretches of exact digital zero
+        # (muted or zero-padded audio) otherwise hit the log floor of the features and make
+        # every window that touches them alike, whoever speaks in it. Seeded by position, so a
+        # file always gives the same result.
+        noise = np.random.default_rng(offset).standard_normal(len(block)).astype(np.float32)
+        wav = torch.from_numpy(block + noise / 32768.0)
         for first in range(0, len(block_spans), batch_size):
             batch = block_spans[first : first + batch_size]
             parts.append(encoder.embed_batch([wav[s:e] for s, e in batch]))
