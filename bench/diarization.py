@@ -13,7 +13,7 @@ NIST collar 0.25 s on each side and no collar, overlap scored. Real-time factor:
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.metadata
 import platform
 import subprocess
 import tempfile
@@ -84,9 +84,13 @@ def main() -> None:
         sets.append(
             (f"{args.num} simulated, 2-4 speakers, {overlap:.0%} overlap", files, reference)
         )
-    spec = importlib.util.find_spec("pyannote.audio")
-    if spec is not None and spec.submodule_search_locations:
-        sample = Path(next(iter(spec.submodule_search_locations))) / "sample"
+    try:  # the installed wheel's files, never imported
+        sample = Path(
+            importlib.metadata.distribution("pyannote.audio").locate_file("pyannote/audio/sample")
+        )
+    except importlib.metadata.PackageNotFoundError:
+        sample = None
+    if sample is not None and (sample / "sample.rttm").is_file():
         reference = read_rttm(sample / "sample.rttm")
         (file_id,) = reference
         sets.append(

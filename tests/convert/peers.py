@@ -10,6 +10,7 @@ as bare namespace modules. The Kaldi fbank that the peers compute with
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -45,6 +46,10 @@ def _bare_packages(*names: str) -> None:
             folder = Path(list(spec.submodule_search_locations)[0])
         package = types.ModuleType(name)
         package.__path__ = [str(folder)]
+        # A spec like an imported package's, so that importlib.util.find_spec on it (and on its
+        # submodules) still works for the tests that run after these.
+        package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        package.__spec__.submodule_search_locations = [str(folder)]
         sys.modules[name] = package
 
 
