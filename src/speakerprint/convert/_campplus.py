@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from speakerprint.convert._checkpoint import map_prefixed
 from speakerprint.errors import BundleError, SpeakerprintError
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
@@ -110,7 +111,10 @@ def build(
         )
     except SpeakerprintError as e:
         raise BundleError(f"{path}: the checkpoint's sizes give no valid CAM++: {e}") from None
-    return encoder, _rename(path, encoder, state, _prefixes(head_blocks, block_layers)), PEER_MODEL
+    renamed = map_prefixed(
+        path, encoder, state, _prefixes(head_blocks, block_layers), _conv1d_as_linear
+    )
+    return encoder, renamed, PEER_MODEL
 
 
 def _prefixes(head_blocks: list[int], block_layers: list[int]) -> list[tuple[str, str]]:
@@ -157,46 +161,11 @@ def _prefixes(head_blocks: list[int], block_layers: list[int]) -> list[tuple[str
     return prefixes
 
 
-def _rename(
-    path: Path,
-    encoder: EncoderModule,
-    state: dict[str, torch.Tensor],
-    prefixes: list[tuple[str, str]],
-) -> dict[str, torch.Tensor]:
-    """``state`` under the encoder's names, every tensor accounted for and of the right shape."""
-    target = encoder.state_dict()
-    ours_to_peer = {}
-    for key in target:
-        found = [(p, o) for p, o in prefixes if key.startswith(o)]
-        if len(found) != 1:  # a mapping bug, not a user error
-            raise AssertionError(f"speakerprint tensor {key} matches {len(found)} prefixes")
-        peer, ours = found[0]
-        ours_to_peer[key] = peer + key[len(ours) :]
-    expected = set(ours_to_peer.values())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors {missing[:8]} ({len(missing)} in all)")
-        if unexpected:
-            problems.append(
-                f"tensors that are not part of this model {unexpected[:8]} "
-                f"({len(unexpected)} in all)"
-            )
-        raise BundleError(f"{path}: " + "; ".join(problems))
-    renamed = {}
-    for ours, peer in ours_to_peer.items():
-        tensor = state[peer]
-        if ours == "embedding.weight" and tensor.dim() == 3 and tensor.shape[-1] == 1:
-            tensor = tensor[..., 0]  # 3D-Speaker's k=1 Conv1d on the pooled vector is a Linear
-        if tensor.shape != target[ours].shape:
-            raise BundleError(
-                f"{path}: tensor {peer!r} has shape {tuple(state[peer].shape)}, "
-                f"the model needs {tuple(target[ours].shape)}"
-            )
-        renamed[ours] = tensor
-    return renamed
+def _conv1d_as_linear(ours: str, tensor: torch.Tensor) -> torch.Tensor:
+    """3D-Speaker's k=1 Conv1d on the pooled vector is our Linear: drop its kernel axis."""
+    if ours == "embedding.weight" and tensor.dim() == 3 and tensor.shape[-1] == 1:
+        return tensor[..., 0]
+    return tensor
 
 
 def _anchor(path: Path, state: dict[str, torch.Tensor], key: str, dims: int) -> torch.Size:

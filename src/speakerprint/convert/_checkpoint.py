@@ -23,6 +23,8 @@ import torch
 from speakerprint.errors import BundleError
 
 __all__ = [
+    "load_prefixed",
+    "map_prefixed",
     "NESTING_KEYS",
     "WRAPPER_PREFIXES",
     "Inert",
@@ -166,3 +168,61 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             break
         state = {key[len(prefix) :]: value for key, value in state.items()}
     return state
+
+
+def map_prefixed(
+    path: Path,
+    encoder: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    prefixes: list[tuple[str, str]],
+    adapt=None,
+) -> dict[str, torch.Tensor]:
+    """``state`` (a peer's names) under ``encoder``'s names, strictly: every encoder tensor comes
+    from the peer key its one matching ``(peer_prefix, our_prefix)`` pair gives, and a missing,
+    unexpected or misshapen tensor is a :class:`BundleError` naming ``path`` and the keys.
+    ``adapt(our_key, tensor)`` may reshape a tensor first (a k=1 Conv1d read as a Linear).
+    Tensors are cast to the encoder's dtypes."""
+    target = encoder.state_dict()
+    ours_to_peer = {}
+    for key in target:
+        found = [(p, o) for p, o in prefixes if key.startswith(o)]
+        if len(found) != 1:  # a mapping bug, not a user error
+            raise AssertionError(f"speakerprint tensor {key} matches {len(found)} prefixes")
+        peer, ours = found[0]
+        ours_to_peer[key] = peer + key[len(ours) :]
+    expected = set(ours_to_peer.values())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing tensors {missing[:8]} ({len(missing)} in all)")
+        if unexpected:
+            problems.append(
+                f"tensors that are not part of this model {unexpected[:8]} "
+                f"({len(unexpected)} in all)"
+            )
+        raise BundleError(f"{path}: " + "; ".join(problems))
+    renamed = {}
+    for ours, peer in ours_to_peer.items():
+        tensor = state[peer] if adapt is None else adapt(ours, state[peer])
+        if tensor.shape != target[ours].shape:
+            raise BundleError(
+                f"{path}: tensor {peer!r} has shape {tuple(state[peer].shape)}, "
+                f"the model needs {tuple(target[ours].shape)}"
+            )
+        renamed[ours] = tensor.to(target[ours].dtype)
+    return renamed
+
+
+def load_prefixed(
+    path: Path,
+    encoder: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    prefixes: list[tuple[str, str]],
+) -> dict[str, torch.Tensor]:
+    """:func:`map_prefixed`, loaded into ``encoder`` strictly; the encoder is left in eval mode."""
+    renamed = map_prefixed(path, encoder, state, prefixes)
+    encoder.load_state_dict(renamed, strict=True)
+    encoder.eval()
+    return renamed

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from speakerprint.convert._checkpoint import map_prefixed
 from speakerprint.errors import BundleError, SpeakerprintError
 from speakerprint.models.base import EncoderModule
 from speakerprint.models.registry import create_model
@@ -145,7 +146,7 @@ def build(
         )
     except SpeakerprintError as e:
         raise BundleError(f"{path}: the checkpoint's sizes give no valid eres2net: {e}") from None
-    converted = _map_weights(path, encoder, state, _prefixes(blocks, scale, v2))
+    converted = map_prefixed(path, encoder, state, _prefixes(blocks, scale, v2))
     peer_model = "ERes2NetV2" if v2 else "ERes2Net_huge" if expansion == 4 else "ERes2Net"
     return encoder, converted, peer_model
 
@@ -210,45 +211,3 @@ def _prefixes(blocks: list[int], scale: int, v2: bool) -> list[tuple[str, str]]:
         prefixes += [(fuse + p, f"fusions.{k}.fuse.{o}") for p, o in _AFF]
     prefixes.append(("seg_1.", "embedding."))
     return prefixes
-
-
-def _map_weights(
-    path: Path,
-    encoder: EncoderModule,
-    state: dict[str, torch.Tensor],
-    prefixes: list[tuple[str, str]],
-) -> dict[str, torch.Tensor]:
-    """Load ``state`` (3D-Speaker names) into ``encoder`` strictly, naming every key that fails."""
-    ours_to_peer = {}
-    for key in encoder.state_dict():
-        hits = [(p, o) for p, o in prefixes if key.startswith(o)]
-        if len(hits) != 1:  # a mapping bug, not a user error
-            raise AssertionError(f"speakerprint tensor {key} matches {len(hits)} prefixes")
-        peer, ours = hits[0]
-        ours_to_peer[key] = peer + key[len(ours) :]
-    expected = set(ours_to_peer.values())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors {missing[:8]} ({len(missing)} in all)")
-        if unexpected:
-            problems.append(
-                f"tensors that are not part of this model {unexpected[:8]} "
-                f"({len(unexpected)} in all)"
-            )
-        raise BundleError(f"{path}: " + "; ".join(problems))
-    target = encoder.state_dict()
-    converted = {}
-    for ours, peer in ours_to_peer.items():
-        tensor = state[peer]
-        if tensor.shape != target[ours].shape:
-            raise BundleError(
-                f"{path}: tensor {peer!r} has shape {tuple(tensor.shape)}, "
-                f"the model needs {tuple(target[ours].shape)}"
-            )
-        converted[ours] = tensor.to(target[ours].dtype)
-    encoder.load_state_dict(converted, strict=True)
-    encoder.eval()
-    return converted

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import yaml
 
-from speakerprint.convert._checkpoint import read_state_dict
+from speakerprint.convert._checkpoint import load_prefixed, read_state_dict
 from speakerprint.errors import BundleError, SpeakerprintError
 from speakerprint.features import FbankConfig
 from speakerprint.models.base import EncoderModule
@@ -316,38 +316,7 @@ def load_weights(
     prefixes: list[tuple[str, str]],
 ) -> None:
     """Copy ``state`` (WeSpeaker names) into ``encoder`` strictly, naming every key that fails."""
-    ours_to_peer = {}
-    for key in encoder.state_dict():
-        matches = [(p, o) for p, o in prefixes if key.startswith(o)]
-        if len(matches) != 1:  # a mapping bug, not a user error
-            raise AssertionError(f"speakerprint tensor {key} matches {len(matches)} prefixes")
-        peer, ours = matches[0]
-        ours_to_peer[key] = peer + key[len(ours) :]
-    expected = set(ours_to_peer.values())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors {missing[:8]} ({len(missing)} in all)")
-        if unexpected:
-            problems.append(
-                f"tensors that are not part of this model {unexpected[:8]} "
-                f"({len(unexpected)} in all)"
-            )
-        raise BundleError(f"{path}: " + "; ".join(problems))
-    target = encoder.state_dict()
-    converted = {}
-    for ours, peer in ours_to_peer.items():
-        tensor = state[peer]
-        if tensor.shape != target[ours].shape:
-            raise BundleError(
-                f"{path}: tensor {peer!r} has shape {tuple(tensor.shape)}, "
-                f"the model needs {tuple(target[ours].shape)}"
-            )
-        converted[ours] = tensor.to(target[ours].dtype)
-    encoder.load_state_dict(converted, strict=True)
-    encoder.eval()
+    load_prefixed(path, encoder, state, prefixes)
 
 
 def _fbank_config(path: Path, settings: dict[str, Any], feat_dim: int) -> FbankConfig:
