@@ -18,11 +18,13 @@ from pathlib import Path
 
 import kaldi_native_fbank as knf
 import numpy as np
+import pytest
 import torch
 
 from speakerprint.audio import load_audio
+from tests.conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "speechocean762" / "train"
+SHARED = SHARED_DATA / "speechocean762" / "train"
 # Real speech of three speakers, a few seconds each.
 UTTERANCES = [
     "SPEAKER0001/000010011.opus",
@@ -75,6 +77,8 @@ def pyannote_wespeaker_resnet() -> types.ModuleType:
 
 def speech(relative: str, duration_s: float = 4.0) -> np.ndarray:
     """An utterance of the shared data at 16 kHz, on the int16 grid a wav file would hold."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared speech not found at {SHARED}")
     wav = load_audio(SHARED / relative, 16000, duration_s=duration_s)
     return np.round(wav * 32767).astype(np.float32) / 32768
 

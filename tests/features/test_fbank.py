@@ -19,8 +19,6 @@ implementation is as far from a float64 computation of the same formula as from 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import kaldi_native_fbank as knf
 import numpy as np
 import pytest
@@ -31,8 +29,9 @@ from hypothesis import strategies as st
 from speakerprint.audio import load_audio
 from speakerprint.errors import ConfigError
 from speakerprint.features import Fbank, FbankConfig, mean_normalize
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 OPUS_FILES = [
     DATA / "speechocean762" / "train" / "SPEAKER0001" / name
     for name in ("000010011.opus", "000010035.opus", "000010053.opus")
@@ -182,6 +181,7 @@ def test_waveform_scale_one_is_kaldi_on_unscaled_samples():
     assert "waveform_scale" not in FbankConfig().to_dict()  # older bundles' dicts are unchanged
 
 
+@needs_data
 def test_parity_with_knf_at_8k():
     config = FbankConfig(sample_rate=8000, num_mel_bins=40, mean_norm=False, dither=0.0)
     wav = load_audio(FSDD_FILE, 8000)
