@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import platform
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+from _machine import describe
 
 from speakerprint.data.conversations import SimulationConfig, write_conversations
 from speakerprint.data.prepare import prepare_folder
@@ -31,20 +31,6 @@ from speakerprint.eval.diarization import diarization_error_files
 from speakerprint.inference import SpeakerEncoder
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762" / "train"
-
-
-def _machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "?"
-    )
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
-    )
-    simd = ", ".join(
-        f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni")
-    )
-    return f"{model}; {simd}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def _run(files: dict[str, Path], reference: dict, encoder, method: str) -> tuple[dict, float]:
@@ -137,7 +123,7 @@ def main() -> None:
         "",
         "    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/diarization.py --out bench/diarization.md",
         "",
-        f"Machine: {_machine()}. Load at the end (`uptime`): {load}.",
+        f"Machine: {describe()}. Load at the end (`uptime`): {load}.",
         "",
     ]
     args.out.write_text("\n".join(lines))

@@ -219,6 +219,10 @@ run resumed mid-epoch. The loader now has its own generator.
 """
 
 
+#: Where the hand-written sections of docs/reliability.md begin.
+HAND_WRITTEN = "## The HTTP service"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md")
@@ -284,6 +288,11 @@ def main() -> None:
         KILL_RESUME,
     ]
     text = "\n".join(lines)
+    # The service's sections (hostile clients, crashes) are written by hand after the generated
+    # ones and pinned by their own tests: a regeneration keeps them as they are.
+    kept = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    if HAND_WRITTEN in kept:
+        text = text.rstrip("\n") + "\n\n" + kept[kept.index(HAND_WRITTEN) :]
     if args.stdout:
         sys.stdout.write(text)
     else:

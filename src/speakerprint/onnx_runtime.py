@@ -24,6 +24,7 @@ import numpy as np
 from speakerprint.audio.io import fit_to_length, load_audio, resample
 from speakerprint.errors import BundleError
 from speakerprint.inference.result import VerificationResult, cosine_score
+from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S, require_speech
 from speakerprint.utils.export_format import (
     EXPORT_FORMAT,
     EXPORT_FORMAT_VERSION,
@@ -183,9 +184,15 @@ class OnnxSpeakerEncoder:
         *,
         threshold: float | None = None,
         sample_rate: int | None = None,
+        min_speech_s: float = DEFAULT_MIN_SPEECH_S,
     ) -> VerificationResult:
         """Decide whether two recordings share a speaker, at the sidecar's threshold unless one
-        is given (the sidecar copies the source bundle's measured threshold)."""
+        is given (the sidecar copies the source bundle's measured threshold).
+
+        As :meth:`speakerprint.inference.SpeakerEncoder.verify`, a recording with less than
+        ``min_speech_s`` seconds of speech is refused with
+        :class:`~speakerprint.inference.speech.TooLittleSpeechError`.
+        """
         if threshold is None:
             measured = self.meta.get("threshold")
             if not measured:
@@ -196,5 +203,15 @@ class OnnxSpeakerEncoder:
             source = f"{measured['method']} on {measured['measured_on']}"
         else:
             source = "given"
-        score = cosine_score(self.embed(a, sample_rate), self.embed(b, sample_rate))
-        return VerificationResult.decide(score, threshold, source)
+        wavs = [self._waveform(audio, sample_rate) for audio in (a, b)]
+        speech_s = [
+            require_speech(
+                wav,
+                self.sample_rate,
+                source=str(audio) if isinstance(audio, (str, os.PathLike)) else name,
+                min_speech_s=min_speech_s,
+            )
+            for wav, audio, name in zip(wavs, (a, b), ("a", "b"))
+        ]
+        score = cosine_score(self.embed(wavs[0]), self.embed(wavs[1]))
+        return VerificationResult.decide(score, threshold, source, speech_s=tuple(speech_s))

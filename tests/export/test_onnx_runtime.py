@@ -16,6 +16,7 @@ from speakerprint.errors import BundleError
 from speakerprint.export import export_onnx
 from speakerprint.inference import SpeakerEncoder
 from speakerprint.inference.encoder import default_model_path
+from speakerprint.inference.speech import TooLittleSpeechError
 from speakerprint.models.bundle import load_bundle
 from speakerprint.onnx_runtime import OnnxSpeakerEncoder
 
@@ -59,12 +60,19 @@ def test_embed_batch_padding_and_resampling(small_onnx):
 
 def test_verify_uses_the_sidecar_threshold(small_onnx):
     enc = OnnxSpeakerEncoder.from_file(small_onnx, num_threads=1)
-    wav = (0.1 * np.random.default_rng(2).standard_normal(8000)).astype(np.float32)
+    # 1.5 s of steady noise: all "speech" to the energy VAD, over the 1 s the check needs.
+    wav = (0.1 * np.random.default_rng(2).standard_normal(24000)).astype(np.float32)
     result = enc.verify(wav, wav)
     assert result.threshold == 0.25 and "nothing (a test bundle)" in result.threshold_source
     assert result.score == pytest.approx(1.0, abs=1e-6) and result.same_speaker
     given = enc.verify(wav, wav, threshold=1.5)  # above any cosine
     assert given.threshold_source == "given" and not given.same_speaker
+    # Silence is refused as the torch encoder refuses it, not scored (it scores 1 against itself).
+    assert result.speech_s == pytest.approx((1.5, 1.5), abs=0.05)
+    silence = np.zeros(24000, dtype=np.float32)
+    with pytest.raises(TooLittleSpeechError, match=r"^b: 0.00 s of speech"):
+        enc.verify(wav, silence)
+    assert enc.verify(silence, silence, min_speech_s=0).speech_s == (0.0, 0.0)
 
 
 def test_refuses_models_it_cannot_run(small_bundle, tmp_path):
@@ -99,7 +107,7 @@ def test_no_torch_embedding_of_real_speech_equals_the_eager_encoder(shared_data,
         from speakerprint.onnx_runtime import OnnxSpeakerEncoder
         enc = OnnxSpeakerEncoder.from_file({str(model)!r}, num_threads=1)
         emb = np.stack([enc.embed(f) for f in {[str(f) for f in files]!r}])
-        verdict = enc.verify({str(files[0])!r}, {str(files[1])!r})
+        verdict = enc.verify({str(files[0])!r}, {str(files[1])!r}, min_speech_s=0)
         np.save({str(tmp_path / "emb.npy")!r}, emb)
         print(json.dumps({{"torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
                           "verify": verdict.to_dict()}}))
@@ -122,7 +130,9 @@ def test_no_torch_embedding_of_real_speech_equals_the_eager_encoder(shared_data,
         (emb * expected).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(expected, axis=1)
     )
     assert (cosine > 0.99999).all(), cosine
-    torch_score = eager.verify(files[0], files[1]).score
+    # A parity check of scores: the 0.3 s digit is too little speech for a decision (refused
+    # by default), so the speech check is off in both.
+    torch_score = eager.verify(files[0], files[1], min_speech_s=0).score
     assert report["verify"]["score"] == pytest.approx(torch_score, abs=1e-3)
     assert report["verify"]["threshold"] == pytest.approx(eager.bundle.threshold.value)
 

@@ -1,19 +1,15 @@
 """The PostgreSQL enrollment store, against a real server that these tests start.
 
-A throwaway cluster (initdb into a temporary folder, a Unix socket in it, no TCP port) runs for
-the session; each test gets a fresh database. Without PostgreSQL, pgvector or psycopg the tests
-skip (Debian: postgresql-15 and postgresql-15-pgvector; pip install 'speakerprint[pg]').
-Run as root, the server runs as ``nobody``: initdb refuses root.
+A throwaway cluster (tests/postgres.py: initdb into a temporary folder, a Unix socket in it, no
+TCP port) runs for the session; each test gets a fresh database. Without PostgreSQL, pgvector or
+psycopg the tests skip; the dev extra installs all three (pgserver bundles PostgreSQL with
+pgvector).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,113 +19,36 @@ from typer.testing import CliRunner
 from speakerprint.inference.store import (
     EnrollmentStore,
     PgEnrollmentStore,
+    PgStorePool,
     StoreError,
+    StoreUnavailableError,
     is_store_url,
     open_store,
     redact_url,
     store_exists,
 )
+from tests.postgres import SUPERUSER, PostgresServer, postgres_bindir, skip_reason
 
 FP = "a" * 64
 OTHER_FP = "b" * 64
-SUPERUSER = "postgres"
 
 
 # -- the server -----------------------------------------------------------------------------------
 
 
-def _postgres_bindir() -> Path | None:
-    """The folder of initdb/pg_ctl: from PATH, else Debian's newest /usr/lib/postgresql/N/bin."""
-    found = shutil.which("initdb")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    return candidates[-1].parent if candidates else None
-
-
-def _skip_reason(bindir: Path | None) -> str | None:
-    if bindir is None or not (bindir / "pg_ctl").exists():
-        return "PostgreSQL is not installed (no initdb/pg_ctl; Debian: postgresql-15)"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg is not installed (pip install 'speakerprint[pg]')"
-    pg_config = bindir / "pg_config"
-    pg_config = str(pg_config) if pg_config.exists() else shutil.which("pg_config")
-    if pg_config is None:
-        return "no pg_config to find PostgreSQL's extension folder"
-    sharedir = subprocess.run(
-        [pg_config, "--sharedir"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if not (Path(sharedir) / "extension" / "vector.control").exists():
-        return f"pgvector is not installed ({sharedir}/extension/vector.control missing)"
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root without runuser to start PostgreSQL as an unprivileged user"
-    return None
-
-
-class _Server:
-    def __init__(self, socket_dir: Path) -> None:
-        self.socket_dir = socket_dir
-        self._names = itertools.count()
-
-    def url(self, database: str, user: str = SUPERUSER) -> str:
-        return f"postgresql://{user}@/{database}?host={self.socket_dir}"
-
-    def admin(self):
-        import psycopg
-
-        return psycopg.connect(self.url("postgres"), autocommit=True)
-
-    def new_database(self) -> str:
-        name = f"store_{next(self._names)}"
-        with self.admin() as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
-
-
 @pytest.fixture(scope="session")
 def pg_server():
-    bindir = _postgres_bindir()
-    reason = _skip_reason(bindir)
+    bindir = postgres_bindir()
+    reason = skip_reason(bindir)
     if reason is not None:
         pytest.skip(reason)
-    # Not under pytest's tmp_path: that is private to root, and the server may run as nobody.
-    # /tmp keeps the socket path under the 107-byte limit of Unix sockets.
-    root = Path(tempfile.mkdtemp(prefix="sp-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "nobody")
-        as_user = ["runuser", "-u", "nobody", "--"]
-    data, log = root / "data", root / "server.log"
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*as_user, *args], cwd=root, capture_output=True, text=True, check=False
-        )
-
-    started = False
+    server = PostgresServer(bindir)
     try:
-        init = run(
-            str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-sync",
-        )  # fmt: skip
-        if init.returncode != 0:
-            pytest.fail(f"initdb failed: {init.stderr}")
-        options = f"-k {root} -c listen_addresses='' -F"
-        start = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                    "-o", options, "start")  # fmt: skip
-        started = start.returncode == 0
-        if not started:
-            pytest.fail(f"pg_ctl start failed: {start.stderr}\n{log.read_text()[-2000:]}")
-        yield _Server(root)
+        server.init()
+        server.start()
+        yield server
     finally:
-        if started:
-            run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture
@@ -413,9 +332,33 @@ def test_lost_server_is_a_store_error(pg_server, pg_url):
             "WHERE datname = %s AND pid <> pg_backend_pid()",
             (conninfo_to_dict(pg_url)["dbname"],),
         )
-    with pytest.raises(StoreError, match="enrollment store postgresql://"):
+    with pytest.raises(StoreUnavailableError, match="enrollment store postgresql://"):
         store.speakers()
     store.close()
+
+
+def test_a_pool_replaces_the_connections_a_server_dropped(pg_server, pg_url, tmp_path):
+    from psycopg.conninfo import conninfo_to_dict
+
+    _store(pg_url).close()
+    with PgStorePool(pg_url, max_size=2, timeout_s=2) as pool:
+        with pool.open(model_fingerprint=FP) as store:
+            store.enroll("ann", np.ones(4), model_fingerprint=FP)
+            backend = store._conn.info.backend_pid
+        with pg_server.admin() as conn:  # as a restart does to every open connection
+            conn.execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = %s",
+                (conninfo_to_dict(pg_url)["dbname"],),
+            )
+        with pool.open(model_fingerprint=FP) as store:  # checked, dropped, replaced
+            assert store._conn.info.backend_pid != backend
+            assert [e.name for e in store.speakers()] == ["ann"]
+        with pytest.raises(StoreError, match="another model"):
+            pool.open(model_fingerprint=OTHER_FP)  # the open checks, as PgEnrollmentStore.open's
+    with pytest.raises(StoreUnavailableError, match="no working connection"):
+        pool.open(model_fingerprint=FP)  # closed
+    with pytest.raises(StoreUnavailableError, match="cannot connect"):
+        PgStorePool(f"postgresql://u@/db?host={tmp_path}")  # no server: says why at once
 
 
 # -- the CLI ------------------------------------------------------------------------------------

@@ -23,12 +23,30 @@ pytest.importorskip("fastapi")
 
 from speakerprint.audio import load_audio  # noqa: E402
 from speakerprint.inference import SpeakerEncoder  # noqa: E402
+from speakerprint.inference.speech import require_speech  # noqa: E402
 from speakerprint.inference.store import EnrollmentStore, StoreError  # noqa: E402
 from speakerprint.serve import create_app  # noqa: E402
 
 KEY = "test-key-0123"
 MAX_UPLOAD_MB = 0.25  # 262,144 bytes per file; the body limit adds 64 KiB of form overhead
 MAX_DURATION_S = 8.0
+
+
+def _assert_same_answer(got, expected):
+    """Equal responses, floats to 1e-6: the service embeds a verify's two uploads in one padded
+    batch, the CLI one at a time, and the two agree to float rounding (~1e-8)."""
+    if isinstance(expected, float) and not isinstance(got, bool):
+        assert got == pytest.approx(expected, rel=0, abs=1e-6)
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), (got, expected)
+        for key in expected:
+            _assert_same_answer(got[key], expected[key])
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), (got, expected)
+        for g, e in zip(got, expected):
+            _assert_same_answer(g, e)
+    else:
+        assert got == expected
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +189,10 @@ def test_enroll_identify_list_remove(client, server, encoder, speech):
     for name, files in ((ann, ann_files[:3]), (bob, bob_files[:3])):
         r = client.post("/enroll", data={"name": name}, files=[_file(f) for f in files])
         assert r.status_code == 200, r.text
-        assert r.json() == {"name": name, "added": 3, "total": 3}
+        body = r.json()
+        speech_s = [require_speech(load_audio(f), 16000, source=f) for f in files]
+        assert body.pop("speech_s") == speech_s  # measured as the Python API measures it
+        assert body == {"name": name, "added": 3, "total": 3}
 
     r = client.get("/speakers")
     assert r.status_code == 200, r.text
@@ -314,6 +335,59 @@ def test_without_a_store_or_speakers(tmp_path, encoder, speech):
         assert c.get("/speakers").json()["count"] == 0
 
 
+def test_too_little_speech_is_a_422_naming_the_upload(client, encoder, speech, tmp_path):
+    """Digital silence and the first 0.1 s of a real recording: /verify, /enroll and /identify
+    answer 422 ``too_little_speech`` (nothing enrolled); with ``min_speech_s=0`` the failure it
+    prevents shows (silence identified as an enrolled silence with a score of 1)."""
+    from fastapi.testclient import TestClient
+
+    from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S
+
+    (ann, ann_files), _ = speech.items()
+    silence = _wav_bytes(np.zeros(3 * 16000, np.float32), 16000)
+    clip = _wav_bytes(load_audio(ann_files[0], 16000)[:1600], 16000)
+
+    def refused(r, field, filename):
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert (body["error"], body["field"], body["filename"]) == (
+            "too_little_speech",
+            field,
+            filename,
+        )
+        assert body["detail"].startswith(f"{field} ({filename}): ")
+        assert " s of speech in " in body["detail"]
+        return body
+
+    files = [_bytes(silence, "s1.wav", "a"), _bytes(silence, "s2.wav", "b")]
+    body = refused(client.post("/verify", files=files), "a", "s1.wav")
+    assert "0.00 s of speech in 3.00 s of audio" in body["detail"]
+    files = [_file(ann_files[0], "a"), _bytes(clip, "clip.wav", "b")]  # a clip of a itself
+    refused(client.post("/verify", files=files), "b", "clip.wav")
+    before = client.get("/speakers").json()
+    files = [_file(ann_files[0]), _bytes(silence, "silence.wav")]
+    refused(client.post("/enroll", data={"name": "quiet"}, files=files), "audio[1]", "silence.wav")
+    assert client.get("/speakers").json() == before
+    r = client.post("/embed", files=[_bytes(silence, "silence.wav")])  # reported, not refused
+    assert r.status_code == 200 and r.json()["speech_s"] == 0.0
+
+    db = tmp_path / "speakers.db"
+    with TestClient(create_app(model=encoder, store=db, min_speech_s=0)) as off:
+        assert off.get("/health").json()["limits"]["min_speech_s"] == 0
+        for name, files in (("silence", [_bytes(silence, "s.wav")]), (ann, [_file(ann_files[1])])):
+            assert off.post("/enroll", data={"name": name}, files=files).status_code == 200
+        r = off.post("/identify", files=[_bytes(silence, "q.wav")])
+        assert r.json()["decision"] == "silence" and r.json()["score"] > 0.99, r.text
+    with TestClient(create_app(model=encoder, store=db)) as on:
+        assert on.get("/health").json()["limits"]["min_speech_s"] == DEFAULT_MIN_SPEECH_S
+        for data, name in ((silence, "q.wav"), (clip, "clip.wav")):
+            refused(on.post("/identify", files=[_bytes(data, name)]), "audio", name)
+        r = on.post("/identify", files=[_file(ann_files[2])])
+        assert r.status_code == 200, r.text
+        want = require_speech(load_audio(ann_files[2], 16000), 16000, source="q")
+        assert r.json()["speech_s"] == want >= DEFAULT_MIN_SPEECH_S
+
+
 def test_endpoints_answer_what_the_cli_prints(tmp_path, tiny_bundle, speech):
     """/verify and /identify give the JSON of ``verify --json`` and ``identify --json`` for the
     same files and model (a calibrated one, so verify's llr is in both), plus the decision in
@@ -359,7 +433,7 @@ def test_endpoints_answer_what_the_cli_prints(tmp_path, tiny_bundle, speech):
             body = r.json()
             decision = body.pop("decision")
             expected = cli_json("verify", a, b, *(["--threshold", threshold] if threshold else []))
-            assert body == expected
+            _assert_same_answer(body, expected)
             assert body["llr"] == pytest.approx(8.0 * body["score"] - 3.0)
             assert decision == ("same speaker" if body["same_speaker"] else "different speakers")
 
@@ -375,7 +449,7 @@ def test_endpoints_answer_what_the_cli_prints(tmp_path, tiny_bundle, speech):
                 "2",
                 *(["--threshold", threshold] if threshold else []),
             )
-            assert body == expected
+            _assert_same_answer(body, expected)
             assert decision == (body["speaker"] if body["known"] else "unknown")
 
         r = c.post(

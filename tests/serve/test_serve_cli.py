@@ -86,3 +86,33 @@ def test_the_package_imports_without_fastapi():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert "pip install 'speakerprint[serve]'" in out
+
+
+def test_workers_run_the_app_factory_with_the_same_settings(tmp_path, tiny_bundle, monkeypatch):
+    """--workers N hands uvicorn an import string and factory=True (it cannot fork an app
+    object); the factory rebuilds the app from the settings the command checked."""
+    from speakerprint.errors import ConfigError
+    from speakerprint.serve.app import SETTINGS_ENV, app_from_environment
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    db = tmp_path / "speakers.db"
+    args = ["serve", "--model", str(tiny_bundle), "--db", str(db), "--workers", "3"]
+    result = runner.invoke(app, [*args, "--max-upload-mb", "2"], env={"SPEAKERPRINT_API_KEY": "k1"})
+    assert result.exit_code == 0, result.output
+    ((target, kwargs),) = calls
+    assert target == "speakerprint.serve.app:app_from_environment"
+    assert kwargs["factory"] is True and kwargs["workers"] == 3 and kwargs["port"] == 8000
+    assert db.is_file()  # made once, by the command, before any worker starts
+    with testclient.TestClient(app_from_environment()) as client:  # what each worker runs
+        health = client.get("/health").json()
+        assert health["store"] == str(db) and health["limits"]["max_upload_mb"] == 2.0
+        assert health["model"] == str(tiny_bundle.resolve()) and health["api_key_required"]
+        assert client.get("/speakers").status_code == 401
+
+    result = runner.invoke(app, ["serve", "--workers", "0"], env={"SPEAKERPRINT_API_KEY": None})
+    assert result.exit_code == 2 and "--workers must be at least 1" in result.output
+    monkeypatch.setenv(SETTINGS_ENV, "[1, 2]")
+    with pytest.raises(ConfigError, match="must hold create_app's arguments"):
+        app_from_environment()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from speakerprint.audio.io import (
     AudioInfo,
     AudioLoadError,
+    AudioTooLongError,
     audio_info,
     fit_to_length,
     load_audio,
@@ -22,6 +23,7 @@ from speakerprint.audio.io import (
 __all__ = [
     "AudioInfo",
     "AudioLoadError",
+    "AudioTooLongError",
     "audio_info",
     "fit_to_length",
     "load_audio",

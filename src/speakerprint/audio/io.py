@@ -28,6 +28,7 @@ from speakerprint.errors import SpeakerprintError
 __all__ = [
     "AudioInfo",
     "AudioLoadError",
+    "AudioTooLongError",
     "audio_info",
     "fit_to_length",
     "load_audio",
@@ -41,6 +42,10 @@ _SOUNDFILE_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".snd"}
     | {".w64", ".rf64", ".caf"}
 )
+# libsndfile's frame count for a stream of unknown length (e.g. a FLAC whose STREAMINFO states 0
+# samples): SF_COUNT_MAX. Such a file is read block by block, never in one read of that size.
+_UNKNOWN_FRAMES = 2**63 - 1
+_BLOCK_FRAMES = 1 << 16
 
 
 class AudioLoadError(SpeakerprintError, ValueError):
@@ -65,6 +70,35 @@ class AudioLoadError(SpeakerprintError, ValueError):
     def __reduce__(self):
         # So the error survives pickling (e.g. out of a DataLoader worker) with its attributes.
         return (type(self), (self.path, self.reason))
+
+
+class AudioTooLongError(AudioLoadError):
+    """Audio longer than the ``max_duration_s`` given to :func:`load_audio`.
+
+    Refused from the header's length when it states one, else once decoding passes the limit
+    (then ``duration_s`` is how far decoding got, not the file's length): a header can understate
+    the length, and a small compressed file can hold hours of silence.
+
+    Attributes:
+        duration_s: the header's length, or the audio decoded before stopping, in seconds.
+        max_duration_s: the limit, in seconds.
+        from_header: whether ``duration_s`` is the header's length.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, duration_s: float, max_duration_s: float, from_header: bool
+    ):
+        self.duration_s = duration_s
+        self.max_duration_s = max_duration_s
+        self.from_header = from_header
+        what = f"{duration_s:.2f} s" if from_header else f"more than {duration_s:.2f} s"
+        super().__init__(path, f"{what} of audio, over the limit of {max_duration_s:g} s")
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.path, self.duration_s, self.max_duration_s, self.from_header),
+        )
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,7 @@ def load_audio(
     *,
     start_s: float = 0.0,
     duration_s: float | None = None,
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Load an audio file as mono float32 in [-1, 1] at ``sample_rate``.
 
@@ -124,18 +159,24 @@ def load_audio(
     formats soundfile reads, only the window is decoded. A window that runs past the end returns
     what exists; a window that starts at or past the end is an error.
 
+    ``max_duration_s`` bounds the work and memory of untrusted files: audio longer than that is
+    refused from the header when it states the length, and otherwise decoding stops as soon as
+    it passes the limit, so a small file that decodes to hours costs no more than the limit.
+
     Args:
         path: any file libsndfile or FFmpeg can decode.
         sample_rate: output rate in Hz.
         start_s: start of the window in seconds.
         duration_s: length of the window in seconds; ``None`` reads to the end.
+        max_duration_s: the longest audio (of the window) accepted, in seconds; ``None``: any.
 
     Returns:
         float32 array of shape ``(num_samples,)``.
 
     Raises:
         AudioLoadError: for every failure (missing, empty, corrupt or non-audio file, no samples,
-            NaN/Inf samples, bad window).
+            NaN/Inf samples, bad window); :class:`AudioTooLongError`, a subclass, for audio
+            longer than ``max_duration_s``.
 
     >>> wav = load_audio("utt.opus", 16000, start_s=1.0, duration_s=2.0)  # doctest: +SKIP
     >>> wav.shape, wav.dtype  # doctest: +SKIP
@@ -147,8 +188,14 @@ def load_audio(
         raise AudioLoadError(path, f"start_s must be a finite number >= 0, got {start_s!r}")
     if duration_s is not None and (not _is_finite_number(duration_s) or duration_s <= 0):
         raise AudioLoadError(path, f"duration_s must be a finite number > 0, got {duration_s!r}")
+    if max_duration_s is not None and (
+        not _is_finite_number(max_duration_s) or max_duration_s <= 0
+    ):
+        raise AudioLoadError(
+            path, f"max_duration_s must be a finite number > 0, got {max_duration_s!r}"
+        )
     file = _check_file(path)
-    return _decode(file, file.suffix, path, sample_rate, start_s, duration_s)
+    return _decode(file, file.suffix, path, sample_rate, start_s, duration_s, max_duration_s)
 
 
 def load_audio_bytes(
@@ -190,16 +237,19 @@ def _decode(
     sample_rate: int,
     start_s: float,
     duration_s: float | None,
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Decode a file on disk (Path) or in memory (bytes); ``path`` names it in errors."""
     if suffix.lower() in _SOUNDFILE_EXTENSIONS:
         try:
-            wav, file_sr = _read_soundfile(file, path, start_s, duration_s)
+            wav, file_sr = _read_soundfile(file, path, start_s, duration_s, max_duration_s)
         except RuntimeError as sf_error:  # soundfile's LibsndfileError
             # libsndfile refuses some valid files (e.g. MP3 or ADPCM inside .wav): let FFmpeg try.
-            wav, file_sr = _read_pyav(file, path, start_s, duration_s, soundfile_error=sf_error)
+            wav, file_sr = _read_pyav(
+                file, path, start_s, duration_s, sf_error, max_duration_s=max_duration_s
+            )
     else:
-        wav, file_sr = _read_pyav(file, path, start_s, duration_s)
+        wav, file_sr = _read_pyav(file, path, start_s, duration_s, max_duration_s=max_duration_s)
 
     if wav.shape[0] == 0:
         raise AudioLoadError(path, "the file holds no audio samples")
@@ -417,18 +467,54 @@ def _window_samples(
 
 
 def _read_soundfile(
-    file: Path | bytes, path: str | os.PathLike, start_s: float, duration_s: float | None
+    file: Path | bytes,
+    path: str | os.PathLike,
+    start_s: float,
+    duration_s: float | None,
+    max_duration_s: float | None = None,
 ) -> tuple[np.ndarray, int]:
     with sf.SoundFile(_readable(file)) as f:
         sr, total = f.samplerate, f.frames
         if total <= 0:
             raise AudioLoadError(path, "the file holds no audio samples")
         _check_wav_not_truncated(f, file, path)
-        start, count = _window_samples(path, sr, total, start_s, duration_s)
+        known = total < _UNKNOWN_FRAMES
+        start, count = _window_samples(path, sr, total if known else None, start_s, duration_s)
+        limit = None if max_duration_s is None else math.floor(max_duration_s * sr)
+        if known and limit is not None:
+            wanted = total - start if count is None else min(count, total - start)
+            if wanted > limit:
+                raise AudioTooLongError(path, wanted / sr, max_duration_s, from_header=True)
         if start:
             f.seek(start)
-        wav = f.read(-1 if count is None else count, dtype="float32", always_2d=True)
+        if known:
+            wav = f.read(-1 if count is None else count, dtype="float32", always_2d=True)
+        else:
+            wav = _read_blocks(f, path, count, limit, max_duration_s)
+    if not known and start and not len(wav):
+        raise AudioLoadError(path, f"start_s={start_s} is at or past the end of the audio")
     return wav, sr
+
+
+def _read_blocks(
+    f: sf.SoundFile, path, count: int | None, limit: int | None, max_duration_s: float | None
+) -> np.ndarray:
+    """Up to ``count`` frames (None: to the end) of a stream of unknown length, block by block;
+    AudioTooLongError once more than ``limit`` frames were read."""
+    blocks: list[np.ndarray] = []
+    read = 0
+    while count is None or read < count:
+        size = _BLOCK_FRAMES if count is None else min(_BLOCK_FRAMES, count - read)
+        block = f.read(size, dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        blocks.append(block)
+        read += len(block)
+        if limit is not None and read > limit:
+            raise AudioTooLongError(path, read / f.samplerate, max_duration_s, from_header=False)
+    if not blocks:
+        return np.zeros((0, f.channels), np.float32)
+    return np.concatenate(blocks, axis=0)
 
 
 def _check_wav_not_truncated(f: sf.SoundFile, file: Path | bytes, path: str | os.PathLike) -> None:
@@ -491,19 +577,29 @@ def _read_pyav(
     start_s: float,
     duration_s: float | None,
     soundfile_error: Exception | None = None,
+    *,
+    max_duration_s: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream to float32 ``(N, C)``; decode then slice the window."""
+    """Decode the first audio stream to float32 ``(N, C)``; decode then slice the window.
+
+    With ``max_duration_s``, decoding stops once the window holds more than that
+    (AudioTooLongError): FFmpeg's stated duration is not trusted, it can be missing or false.
+    """
     chunks: list[np.ndarray] = []
-    decoded, sr, start, end = 0, 0, 0, None
+    decoded, sr, start, end, limit = 0, 0, 0, None, None
     with contextlib.closing(_pyav_chunks(file, path, soundfile_error)) as frames:
         for chunk, sr in frames:
             if not chunks:
                 start, count = _window_samples(path, sr, None, start_s, duration_s)
                 end = None if count is None else start + count
+                limit = None if max_duration_s is None else math.floor(max_duration_s * sr)
             chunks.append(chunk)
             decoded += len(chunk)
             if end is not None and decoded >= end:
                 break  # the window is complete: no need to decode the rest
+            if limit is not None and decoded - start > limit:
+                length_s = (decoded - start) / sr
+                raise AudioTooLongError(path, length_s, max_duration_s, from_header=False)
     if decoded == 0:
         raise AudioLoadError(path, "the file holds no audio samples")
     wav = np.concatenate(chunks, axis=0)  # (N, C)

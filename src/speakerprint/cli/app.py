@@ -12,7 +12,7 @@ import typer
 
 from speakerprint.errors import SpeakerprintError
 
-__all__ = ["app", "clean_errors", "prepare_app"]
+__all__ = ["app", "clean_errors", "min_speech_s", "prepare_app"]
 
 app = typer.Typer(
     name="speakerprint",
@@ -33,6 +33,22 @@ MODEL_HELP = (
     "such as pyannote/wespeaker-voxceleb-resnet34-LM), a checkpoint file or folder in its "
     "toolkit's own layout, or a bundle folder"
 )
+
+
+#: Help of every ``--min-speech-s`` option; None stands for the library's default.
+MIN_SPEECH_HELP = (
+    "Seconds of speech (energy VAD) each recording must hold; one with less is refused (exit 2) "
+    "rather than scored, since silence or a fragment says nothing about the speaker. 0 turns "
+    "the check off (default: 1.0, speakerprint.inference.speech.DEFAULT_MIN_SPEECH_S)"
+)
+
+
+def min_speech_s(option: float | None) -> float:
+    """The ``--min-speech-s`` given, or the library's default (imported only now: the CLI starts
+    without numpy)."""
+    from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S, check_min_speech_s
+
+    return DEFAULT_MIN_SPEECH_S if option is None else check_min_speech_s(option)
 
 
 def choose_model(positional: str | None, option: str | None) -> str:

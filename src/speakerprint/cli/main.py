@@ -15,7 +15,15 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import MODEL_HELP, app, choose_model, clean_errors, prepare_app
+from speakerprint.cli.app import (
+    MIN_SPEECH_HELP,
+    MODEL_HELP,
+    app,
+    choose_model,
+    clean_errors,
+    min_speech_s,
+    prepare_app,
+)
 from speakerprint.errors import SpeakerprintError
 
 
@@ -366,20 +374,25 @@ def verify(
     threshold: Annotated[
         float | None, typer.Option(help="Decision threshold (default: the bundle's)")
     ] = None,
+    min_speech: Annotated[
+        float | None, typer.Option("--min-speech-s", help=MIN_SPEECH_HELP, show_default=False)
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Decide whether two recordings share a speaker (recordings over a minute are embedded
     from streamed windows, so their length does not decide the memory)."""
     from speakerprint.inference.extract import verify_recordings
 
-    result = verify_recordings(_encoder(model), a, b, threshold=threshold)
+    needed = min_speech_s(min_speech)
+    result = verify_recordings(_encoder(model), a, b, threshold=threshold, min_speech_s=needed)
     if json_:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
     else:
         verdict = "same speaker" if result.same_speaker else "different speakers"
+        speech_a, speech_b = result.speech_s
         typer.echo(
             f"{verdict}: score {result.score:.4f}, threshold {result.threshold:.4f} "
-            f"({result.threshold_source})"
+            f"({result.threshold_source}); speech {speech_a:.1f} s and {speech_b:.1f} s"
         )
         if result.llr is not None:
             typer.echo(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import MODEL_HELP, app, clean_errors
+from speakerprint.cli.app import MIN_SPEECH_HELP, MODEL_HELP, app, clean_errors, min_speech_s
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -43,9 +43,32 @@ def serve(
     max_enroll_files: Annotated[
         int, typer.Option(help="Most recordings in one /enroll request")
     ] = 20,
-    inference_threads: Annotated[
-        int, typer.Option(help="Requests decoded and embedded at once (model calls take turns)")
-    ] = 2,
+    inference_threads: Annotated[int, typer.Option(help="Uploads decoded at once")] = 2,
+    batch_max_size: Annotated[
+        int,
+        typer.Option(
+            help="Most waveforms of concurrent requests embedded in one forward pass "
+            "(1: each request alone, model calls take turns)"
+        ),
+    ] = 16,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a waveform waits for others to share its forward pass")
+    ] = 5.0,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(help="Longest a request body may take to arrive, seconds (408 after)"),
+    ] = 30.0,
+    min_speech: Annotated[
+        float | None, typer.Option("--min-speech-s", help=MIN_SPEECH_HELP, show_default=False)
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes on the port, each with its own copy of the model (memory "
+            "grows with each); SQLite stores are shared through WAL, PostgreSQL through a pool "
+            "per process"
+        ),
+    ] = 1,
     log_level: Annotated[
         str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug")
     ] = "info",
@@ -61,6 +84,8 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError(
             f"--log-level must be one of critical, error, warning, info, debug; got {log_level!r}"
@@ -70,7 +95,7 @@ def serve(
 
         from speakerprint.serve import create_app
 
-        application = create_app(
+        settings = dict(  # create_app's arguments; each worker of --workers gets them as JSON
             model=_store_model(db, model) if db is not None else model,
             store=db,
             api_key=api_key,
@@ -78,7 +103,14 @@ def serve(
             max_duration_s=max_duration_s,
             max_enroll_files=max_enroll_files,
             inference_threads=inference_threads,
+            batch_max_size=batch_max_size,
+            batch_wait_ms=batch_wait_ms,
+            body_timeout_s=body_timeout_s,
+            min_speech_s=min_speech_s(min_speech),
         )
+        # Built here also with --workers: a bad option, model or store is one error, not one
+        # per worker, and the store is made (or migrated) once.
+        application = create_app(**settings)
     except ImportError as e:
         from speakerprint.serve import INSTALL_HINT
 
@@ -97,4 +129,28 @@ def serve(
             "enroll and remove speakers (set --api-key or SPEAKERPRINT_API_KEY)",
             err=True,
         )
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_level=log_level)
+        return
+    _run_workers(application, settings, workers, host=host, port=port, log_level=log_level)
+
+
+def _run_workers(application, settings: dict, workers: int, **uvicorn_options) -> None:
+    """uvicorn's process supervisor with ``workers`` processes, each building the app from
+    ``settings`` (:func:`speakerprint.serve.app.app_from_environment`); ``application`` was
+    only the check, and its threads and connections are closed first."""
+    import json
+    import os
+
+    import uvicorn
+
+    from speakerprint.serve.app import SETTINGS_ENV
+
+    application.state.service.close()
+    os.environ[SETTINGS_ENV] = json.dumps(settings)  # inherited by the worker processes
+    uvicorn.run(
+        "speakerprint.serve.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        **uvicorn_options,
+    )

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from speakerprint.cli.app import MODEL_HELP, app, clean_errors
+from speakerprint.cli.app import MIN_SPEECH_HELP, MODEL_HELP, app, clean_errors, min_speech_s
 
 _MODEL_HELP = f"{MODEL_HELP} (default: the model the store was made with, else the shipped model)"
 _DB_HELP = "Enrollment store: an SQLite file or a postgresql:// URL"
@@ -46,14 +46,21 @@ def enroll(
     name: Annotated[str, typer.Argument(help="Speaker name")],
     files: Annotated[list[Path], typer.Argument(help="Enrollment recordings of the speaker")],
     model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+    min_speech: Annotated[
+        float | None, typer.Option("--min-speech-s", help=MIN_SPEECH_HELP, show_default=False)
+    ] = None,
 ) -> None:
     """Add recordings of a speaker to an enrollment store (creating the store if needed)."""
     from speakerprint.inference import SpeakerEncoder
-    from speakerprint.inference.store import open_store
+    from speakerprint.inference.extract import embed_speech
+    from speakerprint.inference.store import check_speaker_name, open_store
 
+    check_speaker_name(name)  # before any embedding: a bad name costs nothing
+    needed = min_speech_s(min_speech)
     enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
-    # Embed everything before opening the store: a bad file leaves the store untouched.
-    embeddings = [enc.embed(f) for f in files]
+    # Embed everything before opening the store: a bad file, or one with too little speech,
+    # leaves the store untouched (or unmade).
+    recordings = [embed_speech(enc, f, min_speech_s=needed) for f in files]
     with open_store(
         db,
         model_fingerprint=enc.fingerprint,
@@ -63,9 +70,16 @@ def enroll(
         legacy_fingerprints=enc.legacy_fingerprints,
     ) as store:
         total = store.enroll(
-            name, embeddings, sources=[str(f) for f in files], model_fingerprint=enc.fingerprint
+            name,
+            [r.embedding for r in recordings],
+            sources=[str(f) for f in files],
+            model_fingerprint=enc.fingerprint,
         )
-    typer.echo(f"enrolled {name}: {len(files)} new recording(s), {total} in all, in {_shown(db)}")
+    speech = ", ".join(f"{r.speech_s:.1f}" for r in recordings)
+    typer.echo(
+        f"enrolled {name}: {len(files)} new recording(s), {total} in all, in {_shown(db)} "
+        f"(speech: {speech} s)"
+    )
 
 
 @app.command()
@@ -79,28 +93,40 @@ def identify(
         typer.Option(help="Lowest score accepted as a known speaker (default: the bundle's)"),
     ] = None,
     model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+    min_speech: Annotated[
+        float | None, typer.Option("--min-speech-s", help=MIN_SPEECH_HELP, show_default=False)
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Say which enrolled speaker a recording is, or "unknown" when none scores high enough."""
+    import dataclasses
+
     from speakerprint.errors import ConfigError
     from speakerprint.inference import SpeakerEncoder
+    from speakerprint.inference.extract import embed_speech
     from speakerprint.inference.store import open_store
 
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    needed = min_speech_s(min_speech)
     with open_store(db) as store:
         enc = SpeakerEncoder.from_pretrained(_store_model(db, model))
         store.check_model(enc.fingerprint, enc.legacy_fingerprints)
         threshold, source = enc.bundle.decision_threshold(threshold)
+        query = embed_speech(enc, file, min_speech_s=needed)
         result = store.identify(
-            enc.embed(file), threshold=threshold, model_fingerprint=enc.fingerprint, top_k=top_k
+            query.embedding, threshold=threshold, model_fingerprint=enc.fingerprint, top_k=top_k
         )
+        result = dataclasses.replace(result, speech_s=query.speech_s)
     if json_:
         payload = {"file": str(file), **result.to_dict(), "threshold_source": source}
         typer.echo(json.dumps(payload, indent=2))
         return
     verdict = result.speaker if result.known else "unknown"
-    lines = [f"{verdict}: best score {result.score:.4f}, threshold {threshold:.4f} ({source})"]
+    lines = [
+        f"{verdict}: best score {result.score:.4f}, threshold {threshold:.4f} ({source}); "
+        f"{result.speech_s:.1f} s of speech"
+    ]
     lines += [f"  {i}. {n}  {s:.4f}" for i, (n, s) in enumerate(result.candidates, start=1)]
     typer.echo("\n".join(lines))
 

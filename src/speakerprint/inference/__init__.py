@@ -12,6 +12,7 @@ _LAZY = {
     "SegmentEmbeddings": "encoder",
     "EnrollmentStore": "store",
     "VerificationResult": "result",
+    "TooLittleSpeechError": "speech",
 }
 
 

@@ -18,6 +18,7 @@ import torch
 from speakerprint.audio import load_audio, resample, stream_audio
 from speakerprint.errors import BundleError, ConfigError
 from speakerprint.inference.result import VerificationResult, cosine_score
+from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S, require_speech
 from speakerprint.models.bundle import (
     Bundle,
     legacy_model_fingerprints,
@@ -339,6 +340,7 @@ class SpeakerEncoder:
         *,
         threshold: float | None = None,
         sample_rate: int | None = None,
+        min_speech_s: float = DEFAULT_MIN_SPEECH_S,
     ) -> VerificationResult:
         """Decide whether two recordings share a speaker.
 
@@ -347,22 +349,42 @@ class SpeakerEncoder:
         with a score calibration (``speakerprint calibrate``) also gives the score as a
         log-likelihood ratio, ``llr``.
 
+        Each recording must hold ``min_speech_s`` seconds of speech
+        (:func:`~speakerprint.inference.speech.require_speech`; 0 accepts anything): the score
+        of silence or of a fragment says nothing about the speakers (silence against silence
+        scores near 1), so such a pair is refused rather than decided. The speech found is in
+        the result's ``speech_s``.
+
         Raises:
-            ConfigError: a threshold that is not a finite number.
+            TooLittleSpeechError: a recording with less than ``min_speech_s`` of speech.
+            ConfigError: a threshold that is not a finite number, a bad ``min_speech_s``.
             BundleError: no threshold given and none measured, or an unreadable calibration.
         """
-        self.bundle.decision_threshold(
-            threshold
-        )  # a bad or missing threshold fails before embedding
+        self.bundle.decision_threshold(threshold)  # a bad or missing threshold fails first
+        wav_a, wav_b = self._waveform(a, sample_rate), self._waveform(b, sample_rate)
+        speech_s = (
+            require_speech(
+                wav_a, self.sample_rate, source=_source(a, "a"), min_speech_s=min_speech_s
+            ),
+            require_speech(
+                wav_b, self.sample_rate, source=_source(b, "b"), min_speech_s=min_speech_s
+            ),
+        )
         return self.verify_embeddings(
-            self.embed(a, sample_rate), self.embed(b, sample_rate), threshold=threshold
+            self.embed(wav_a), self.embed(wav_b), threshold=threshold, speech_s=speech_s
         )
 
     def verify_embeddings(
-        self, emb_a: np.ndarray, emb_b: np.ndarray, *, threshold: float | None = None
+        self,
+        emb_a: np.ndarray,
+        emb_b: np.ndarray,
+        *,
+        threshold: float | None = None,
+        speech_s: tuple[float, float] | None = None,
     ) -> VerificationResult:
         """:meth:`verify`'s decision for two embeddings (D,) already computed, e.g. of long
-        files embedded by :func:`speakerprint.inference.extract.embed_recording`."""
+        files embedded by :func:`speakerprint.inference.extract.embed_recording`. No speech is
+        measured here: ``speech_s`` is what the caller measured, carried into the result."""
         threshold, source = self.bundle.decision_threshold(threshold)
         score = cosine_score(emb_a, emb_b)
         llr = None
@@ -376,7 +398,12 @@ class SpeakerEncoder:
                     f"the model bundle's score calibration is unreadable: {e}"
                 ) from None
             llr = float(calibration.llr(score))
-        return VerificationResult.decide(score, threshold, source, llr)
+        return VerificationResult.decide(score, threshold, source, llr, speech_s)
+
+
+def _source(audio: AudioInput, name: str) -> str:
+    """How an error names an input: its path, or ``name`` for a waveform."""
+    return str(audio) if isinstance(audio, (str, os.PathLike)) else name
 
 
 def _vad_detector(vad: str | Callable) -> Callable:

@@ -10,6 +10,8 @@ This is the library under ``speakerprint embed`` (and every other command that e
 - :func:`embed_recording` embeds one file; a recording longer than :data:`LONG_RECORDING_S` goes
   through the streaming path of :meth:`SpeakerEncoder.embed_file`, so memory stays bounded
   whatever its length (a full-length pass over 10 minutes takes about 1.5 GB);
+  :func:`embed_speech` does the same once the file has passed the speech check of
+  :mod:`speakerprint.inference.speech` (what ``verify``, ``enroll`` and ``identify`` embed);
 - :func:`embed_manifest` embeds a manifest's utterances with a bundle, through the evaluation's
   embedding code and its on-disk cache.
 
@@ -35,8 +37,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from speakerprint.audio import AudioLoadError, audio_info, load_audio
+from speakerprint.audio import AudioLoadError, audio_info, load_audio, stream_audio
 from speakerprint.errors import ConfigError
+from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S, require_speech
 
 if TYPE_CHECKING:  # pragma: no cover
     from speakerprint.data.manifest import Utterance
@@ -48,10 +51,12 @@ __all__ = [
     "LONG_RECORDING_S",
     "ExtractionResult",
     "InputItem",
+    "SpeechEmbedding",
     "collect_inputs",
     "companion_path",
     "embed_manifest",
     "embed_recording",
+    "embed_speech",
     "extract_embeddings",
     "kaldi_ark_bytes",
     "length_batches",
@@ -208,17 +213,63 @@ def embed_recording(
     return _mean_of_unit_rows(segments.embeddings)
 
 
+@dataclass(frozen=True)
+class SpeechEmbedding:
+    """One recording's embedding, (embed_dim,) float32, and the seconds of speech found in it."""
+
+    embedding: np.ndarray
+    speech_s: float
+
+
+def embed_speech(
+    enc: SpeakerEncoder, path: str | os.PathLike, *, min_speech_s: float = DEFAULT_MIN_SPEECH_S
+) -> SpeechEmbedding:
+    """:func:`embed_recording` of a file that holds at least ``min_speech_s`` seconds of speech
+    (:func:`~speakerprint.inference.speech.require_speech`), checked before it is embedded.
+
+    A file of at most :data:`LONG_RECORDING_S` is decoded once for both; a longer one is
+    measured block by block as it streams, then embedded from streamed windows.
+
+    Raises:
+        TooLittleSpeechError: less speech than ``min_speech_s``, naming the file.
+        AudioLoadError: the file is missing or not audio.
+    """
+    duration_s = audio_info(path).duration_s
+    if duration_s <= LONG_RECORDING_S:
+        wav = load_audio(path, enc.sample_rate)
+        speech_s = require_speech(wav, enc.sample_rate, source=str(path), min_speech_s=min_speech_s)
+        return SpeechEmbedding(enc.embed(wav), speech_s)
+    speech_s = require_speech(
+        stream_audio(path, enc.sample_rate),
+        enc.sample_rate,
+        source=str(path),
+        min_speech_s=min_speech_s,
+    )
+    return SpeechEmbedding(embed_recording(enc, path, duration_s=duration_s), speech_s)
+
+
 def verify_recordings(
     enc: SpeakerEncoder,
     a: str | os.PathLike,
     b: str | os.PathLike,
     *,
     threshold: float | None = None,
+    min_speech_s: float = DEFAULT_MIN_SPEECH_S,
 ) -> VerificationResult:
-    """:meth:`SpeakerEncoder.verify` of two files, each embedded by :func:`embed_recording`."""
+    """:meth:`SpeakerEncoder.verify` of two files, each embedded by :func:`embed_speech` (so
+    memory stays bounded for long ones).
+
+    Raises:
+        TooLittleSpeechError: a file with less than ``min_speech_s`` of speech.
+    """
     enc.bundle.decision_threshold(threshold)  # a bad or missing threshold fails before embedding
+    first = embed_speech(enc, a, min_speech_s=min_speech_s)
+    second = embed_speech(enc, b, min_speech_s=min_speech_s)
     return enc.verify_embeddings(
-        embed_recording(enc, a), embed_recording(enc, b), threshold=threshold
+        first.embedding,
+        second.embedding,
+        threshold=threshold,
+        speech_s=(first.speech_s, second.speech_s),
     )
 
 

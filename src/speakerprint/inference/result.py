@@ -35,6 +35,8 @@ class VerificationResult:
         llr: the score as a natural-log likelihood ratio, when the model carries a score
             calibration (``speakerprint calibrate``); None otherwise. Positive favours the
             same speaker; ``exp(llr)`` is how much more likely the score is if it is.
+        speech_s: seconds of speech detected in the two recordings, ``(a, b)``
+            (:mod:`speakerprint.inference.speech`); None when decided from embeddings alone.
     """
 
     score: float
@@ -42,10 +44,16 @@ class VerificationResult:
     same_speaker: bool
     threshold_source: str
     llr: float | None = None
+    speech_s: tuple[float, float] | None = None
 
     @classmethod
     def decide(
-        cls, score: float, threshold: float, source: str, llr: float | None = None
+        cls,
+        score: float,
+        threshold: float,
+        source: str,
+        llr: float | None = None,
+        speech_s: tuple[float, float] | None = None,
     ) -> VerificationResult:
         """Same speaker when ``score >= threshold``.
 
@@ -55,7 +63,13 @@ class VerificationResult:
         if not math.isfinite(threshold):
             raise ValueError(f"the threshold must be a finite number, got {threshold}")
         llr = None if llr is None else float(llr)
-        return cls(float(score), float(threshold), bool(score >= threshold), source, llr)
+        if speech_s is not None:
+            speech_s = (float(speech_s[0]), float(speech_s[1]))
+        return cls(float(score), float(threshold), bool(score >= threshold), source, llr, speech_s)
 
-    def to_dict(self) -> dict[str, float | bool | str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | bool | str | dict | None]:
+        """The fields as JSON-ready values; ``speech_s`` as ``{"a": seconds, "b": seconds}``."""
+        fields = asdict(self)
+        if self.speech_s is not None:
+            fields["speech_s"] = {"a": self.speech_s[0], "b": self.speech_s[1]}
+        return fields

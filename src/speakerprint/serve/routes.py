@@ -11,17 +11,18 @@ checked that the ``serve`` extra is installed.
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at run time.
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from speakerprint.errors import BundleError, SpeakerprintError
-from speakerprint.inference.store import StoreError
+from speakerprint.inference.store import StoreError, StoreUnavailableError, check_speaker_name
+from speakerprint.serve.observe import REQUEST_ID
 from speakerprint.serve.state import ApiError, ServiceState, source_name
 
 __all__ = ["ERROR_HANDLERS", "router"]
@@ -62,19 +63,27 @@ async def health(service: Service) -> dict:
     }
 
 
+@router.get("/metrics")
+async def metrics_endpoint(service: Service) -> Response:
+    body, content_type = service.metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 @router.post("/embed")
 async def embed_endpoint(service: Service, audio: Annotated[UploadFile, File()]) -> dict:
     service.check_uploads([("audio", audio)])
 
     def job():
         wav = service.decode("audio", audio)
-        return wav, service.embed(wav)
+        speech_s = service.speech("audio", audio, wav, required=False)  # reported, not checked
+        return wav, speech_s, service.embed(wav)
 
-    wav, emb = await service.run(job)
+    wav, speech_s, emb = await service.run(job)
     return {
         "field": "audio",
         "filename": audio.filename,
         "duration_s": len(wav) / service.encoder.sample_rate,
+        "speech_s": speech_s,
         "embed_dim": int(emb.shape[0]),
         "model_fingerprint": service.fingerprint,
         "embedding": emb.astype(np.float64).tolist(),
@@ -92,7 +101,9 @@ async def verify_endpoint(
     service.decision_threshold(threshold)  # a bad or missing threshold is refused before decoding
 
     def job():
-        return service.verify(service.decode("a", a), service.decode("b", b), threshold)
+        wav_a, wav_b = service.decode("a", a), service.decode("b", b)
+        speech_s = (service.speech("a", a, wav_a), service.speech("b", b, wav_b))
+        return service.verify(wav_a, wav_b, threshold, speech_s)
 
     result = await service.run(job)
     return {
@@ -108,8 +119,10 @@ async def enroll_endpoint(
     service: Service, name: Annotated[str, Form()], audio: Annotated[list[UploadFile], File()]
 ) -> dict:
     service.require_store()
-    if not name.strip():
-        raise ApiError(422, "invalid_field", "name must not be empty", field="name")
+    try:
+        check_speaker_name(name)  # the store's own check, made before anything is decoded
+    except StoreError as e:
+        raise ApiError(422, "invalid_field", f"name: {e}", field="name") from None
     limit = service.limits.max_enroll_files
     if len(audio) > limit:
         raise ApiError(
@@ -122,18 +135,22 @@ async def enroll_endpoint(
     service.check_uploads(fields)
 
     def job():
-        # Embed everything before opening the store: a bad file leaves the store untouched.
-        embeddings = [service.embed(service.decode(field, upload)) for field, upload in fields]
+        # Embed everything before opening the store: a bad file, or one with too little
+        # speech, leaves the store untouched.
+        wavs = [service.decode(field, upload) for field, upload in fields]
+        speech_s = [service.speech(f, u, wav) for (f, u), wav in zip(fields, wavs)]
+        embeddings = service.embed_many(wavs)
         with service.open_store() as store:
-            return store.enroll(
+            total = store.enroll(
                 name,
                 embeddings,
                 sources=[source_name(f, u) for f, u in fields],
                 model_fingerprint=service.fingerprint,
             )
+        return total, speech_s
 
-    total = await service.run(job)
-    return {"name": name.strip(), "added": len(fields), "total": total}
+    total, speech_s = await service.run(job)
+    return {"name": name.strip(), "added": len(fields), "total": total, "speech_s": speech_s}
 
 
 @router.post("/identify")
@@ -148,18 +165,12 @@ async def identify_endpoint(
     value, source = service.decision_threshold(threshold)
 
     def job():
-        with service.open_store() as store:
-            if not store.speakers():
-                raise ApiError(
-                    409,
-                    "no_speakers",
-                    f"the store {service.store_name} has no speakers: enroll first",
-                )
-        emb = service.embed(service.decode("audio", audio))
-        with service.open_store() as store:
-            return store.identify(
-                emb, threshold=value, model_fingerprint=service.fingerprint, top_k=top_k
-            )
+        service.require_speakers()
+        wav = service.decode("audio", audio)
+        speech_s = service.speech("audio", audio, wav)
+        emb = service.embed(wav)
+        result = service.identify(emb, value, top_k)
+        return replace(result, speech_s=speech_s)
 
     result = await service.run(job)
     return {
@@ -194,6 +205,8 @@ async def remove_endpoint(service: Service, name: str) -> dict:
         with service.open_store() as store:
             try:
                 return store.remove(name)
+            except StoreUnavailableError:
+                raise  # the server went away: 503, not "no such speaker"
             except StoreError as e:
                 raise ApiError(404, "unknown_speaker", str(e), field="name") from None
 
@@ -209,11 +222,12 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    body = (
-        exc.detail
-        if isinstance(exc.detail, dict)  # the guard's 413 for a body streamed past its limit
-        else {"error": f"http_{exc.status_code}", "detail": str(exc.detail)}
-    )
+    if isinstance(exc.detail, dict):  # the guard's 413 or 408, for a body too large or too slow
+        body = exc.detail
+    elif exc.status_code == 400:  # the form parser's: too many parts, a part or header too large
+        body = {"error": "invalid_form", "detail": f"the multipart form: {exc.detail}"}
+    else:
+        body = {"error": f"http_{exc.status_code}", "detail": str(exc.detail)}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -235,14 +249,30 @@ async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
     return JSONResponse({"error": "store_error", "detail": str(exc)}, status_code=409)
 
 
+#: Seconds a client is told to wait before retrying when the store cannot be reached.
+STORE_RETRY_AFTER_S = 5
+
+
+async def _store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+    # The database is down, restarting or locked: nothing was half-written, a retry may succeed.
+    return JSONResponse(
+        {"error": "store_unavailable", "detail": str(exc)},
+        status_code=503,
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
 async def _input_error(request: Request, exc: SpeakerprintError) -> JSONResponse:
     return JSONResponse({"error": "input_error", "detail": str(exc)}, status_code=422)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # A bug, not the client's doing: uvicorn logs the traceback; the client gets JSON.
-    detail = f"internal error ({type(exc).__name__}); see the server's log"
-    return JSONResponse({"error": "internal_error", "detail": detail}, status_code=500)
+    # A bug, not the client's doing: uvicorn logs the traceback; the client gets JSON with the
+    # request id that the log line of this request carries.
+    request_id = REQUEST_ID.get()
+    detail = f"internal error ({type(exc).__name__}); see the server's log, request {request_id}"
+    body = {"error": "internal_error", "detail": detail, "request_id": request_id}
+    return JSONResponse(body, status_code=500, headers={"X-Request-ID": request_id})
 
 
 #: Exception class -> handler; Starlette picks the most specific class of each exception.
@@ -251,6 +281,7 @@ ERROR_HANDLERS = {
     HTTPException: _http_error,
     RequestValidationError: _invalid_request,
     StoreError: _store_error,
+    StoreUnavailableError: _store_unavailable,
     SpeakerprintError: _input_error,
     Exception: _internal_error,
 }

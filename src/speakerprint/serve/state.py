@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from speakerprint.errors import ConfigError
+from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S, check_min_speech_s
 
 if TYPE_CHECKING:
     from speakerprint.inference import SpeakerEncoder
@@ -29,6 +30,9 @@ __all__ = ["ApiError", "ServeLimits", "ServiceState"]
 
 #: Form overhead allowed on top of the uploads (boundaries, part headers, text fields).
 _FORM_OVERHEAD_BYTES = 64 * 1024
+#: Text fields one form may have, and the bytes of each (a speaker name, a threshold, a top_k).
+_MAX_FORM_FIELDS = 8
+_MAX_FIELD_BYTES = 64 * 1024
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 T = TypeVar("T")
@@ -42,22 +46,40 @@ class ServeLimits:
         max_upload_mb: the largest upload, per file, in MiB.
         max_duration_s: the longest audio, per file, in seconds.
         max_enroll_files: the most recordings one ``/enroll`` request may carry.
-        inference_threads: requests decoded and embedded at once (model calls are serialised).
+        inference_threads: uploads decoded at once.
+        batch_max_size: the most waveforms of concurrent requests embedded in one forward pass;
+            1 embeds each request alone, model calls serialised by a lock (the former service).
+        batch_wait_ms: how long a waveform waits for others to share its forward pass.
+        body_timeout_s: the longest a request body may take to arrive, from the end of its
+            headers, in seconds; a slower one (a client trickling bytes to hold a connection
+            open) is answered 408 and its connection closed.
+        min_speech_s: the least speech (seconds, energy VAD) each recording of ``/verify``,
+            ``/enroll`` and ``/identify`` must hold, else 422 ``too_little_speech``
+            (:mod:`speakerprint.inference.speech`); 0 turns the check off.
     """
 
     max_upload_mb: float = 10.0
     max_duration_s: float = 60.0
     max_enroll_files: int = 20
     inference_threads: int = 2
+    batch_max_size: int = 16
+    batch_wait_ms: float = 5.0
+    body_timeout_s: float = 30.0
+    min_speech_s: float = DEFAULT_MIN_SPEECH_S
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_duration_s"):
+        check_min_speech_s(self.min_speech_s)
+        for name in ("max_upload_mb", "max_duration_s", "body_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        for name in ("max_enroll_files", "inference_threads"):
+        if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)):
+            raise ConfigError(f"batch_wait_ms must be a number, got {self.batch_wait_ms!r}")
+        if not (math.isfinite(self.batch_wait_ms) and 0 <= self.batch_wait_ms <= 1000):
+            raise ConfigError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms!r}")
+        for name in ("max_enroll_files", "inference_threads", "batch_max_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -70,6 +92,13 @@ class ServeLimits:
         """The most bytes a request body to ``path`` may have: its uploads plus form overhead."""
         files = {"/embed": 1, "/identify": 1, "/verify": 2, "/enroll": self.max_enroll_files}
         return files.get(path, 0) * self.max_upload_bytes + _FORM_OVERHEAD_BYTES
+
+    @property
+    def form_limits(self) -> dict[str, int]:
+        """The form parser's limits on text fields (Starlette's ``Request.form`` arguments): the
+        forms have at most two, each a name or a number. Starlette's defaults (1000 fields of
+        1 MiB each) would let one /enroll request hold its whole body limit in memory."""
+        return {"max_fields": _MAX_FORM_FIELDS, "max_part_size": _MAX_FIELD_BYTES}
 
 
 class ApiError(Exception):
@@ -131,32 +160,28 @@ def check_uploads(uploads: list[tuple[str, Any]], limits: ServeLimits) -> None:
 def decode_upload(field: str, upload, sample_rate: int, limits: ServeLimits) -> np.ndarray:
     """An upload as a mono float32 waveform at ``sample_rate``, through ``load_audio``.
 
-    The upload is copied to a temporary file keeping its extension (load_audio picks the decoder
-    by extension and falls back to FFmpeg's probing). The duration is read from the header before
-    decoding, and checked again after it (a header can lie).
+    The upload is copied to a temporary file named ``upload`` plus its extension when that is
+    plain (load_audio picks the decoder by extension and falls back to FFmpeg's probing); the
+    client's file name never becomes a path. Audio over ``max_duration_s`` is refused from the
+    header, or once decoding passes the limit (a header can lie, and a small compressed file can
+    decode to hours), so no upload costs more than the limit's worth of samples.
     """
-    from speakerprint.audio import AudioLoadError, audio_info, load_audio
+    from speakerprint.audio import AudioLoadError, AudioTooLongError, load_audio
 
     filename = upload.filename
     suffix = Path(filename or "").suffix
     suffix = suffix if _SUFFIX.fullmatch(suffix) else ""
-    too_long = "{field}: {duration:.2f} s of audio, over the limit of {limit:g} s"
     with tempfile.TemporaryDirectory(prefix="speakerprint-serve-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         upload.file.seek(0)
         with open(path, "wb") as out:
             shutil.copyfileobj(upload.file, out, 1024 * 1024)
         try:
-            duration = audio_info(path).duration_s
-            if duration > limits.max_duration_s:
-                raise ApiError(
-                    413,
-                    "audio_too_long",
-                    too_long.format(field=field, duration=duration, limit=limits.max_duration_s),
-                    field=field,
-                    filename=filename,
-                )
-            wav = load_audio(path, sample_rate)
+            wav = load_audio(path, sample_rate, max_duration_s=limits.max_duration_s)
+        except AudioTooLongError as e:
+            raise ApiError(
+                413, "audio_too_long", f"{field}: {e.reason}", field=field, filename=filename
+            ) from None
         except AudioLoadError as e:
             # The reason may quote the temporary path: name the upload instead.
             reason = e.reason.replace(str(path), filename or field)
@@ -167,15 +192,6 @@ def decode_upload(field: str, upload, sample_rate: int, limits: ServeLimits) -> 
                 field=field,
                 filename=filename,
             ) from None
-    duration = len(wav) / sample_rate
-    if duration > limits.max_duration_s + 1.0 / sample_rate:
-        raise ApiError(
-            413,
-            "audio_too_long",
-            too_long.format(field=field, duration=duration, limit=limits.max_duration_s),
-            field=field,
-            filename=filename,
-        )
     return wav
 
 
@@ -218,7 +234,32 @@ class ServiceState:
             self.store_name = None if store is None else str(self.store_path)  # printable
         self.model_path = None if encoder.path is None else str(encoder.path.resolve())
         self._model_lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(limits.inference_threads)
         self._limiter = None  # made in the event loop (anyio 3 needs one running)
+        self.means_cache = None
+        if self.store_path is not None and not is_store_url(self.store_path):
+            from speakerprint.serve.gallery import SpeakerMeansCache
+
+            self.means_cache = SpeakerMeansCache(self.store_path)
+        from speakerprint.serve.observe import Metrics
+
+        self.metrics = Metrics()
+        self.batcher = None
+        if limits.batch_max_size > 1:
+            from speakerprint.serve.batcher import DynamicBatcher
+
+            self.batcher = DynamicBatcher(
+                encoder.embed_batch,
+                max_batch=limits.batch_max_size,
+                max_wait_ms=limits.batch_wait_ms,
+                on_batch=self.metrics.batch_size.observe,
+            )
+            self.metrics.batch_queue.set_function(lambda: self.batcher.pending)
+        self._store_pool = None  # PostgreSQL: connections kept open and checked, not one a request
+        if self.store_path is not None and is_store_url(self.store_path):
+            from speakerprint.inference.store import PgStorePool
+
+            self._store_pool = PgStorePool(self.store_path)
         if self.store_path is not None:
             self.open_store().close()
 
@@ -234,39 +275,125 @@ class ServiceState:
             )
 
     def open_store(self):
-        """A new connection to the store (an EnrollmentStore, or a PgEnrollmentStore for a URL),
-        made for the served model if missing."""
+        """The store, made for the served model if missing: a new SQLite connection (an
+        EnrollmentStore), or a PgEnrollmentStore on a connection of the pool for a URL, given
+        back when the store is closed. A PostgreSQL server that is down or restarting raises
+        StoreUnavailableError (503) after the pool's timeout, and is reconnected to once back."""
         from speakerprint.inference.store import open_store
 
-        return open_store(
-            self.store_path,
+        checks = dict(
             model_fingerprint=self.fingerprint,
             embed_dim=self.encoder.embed_dim,
             model_path=self.model_path,
             create=True,
             legacy_fingerprints=self.encoder.legacy_fingerprints,  # computed once, then cached
         )
+        if self._store_pool is not None:
+            return self._store_pool.open(**checks)
+        return open_store(self.store_path, **checks)
 
     # -- the model, called from worker threads
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """``fn(*args)`` in a worker thread, at most ``inference_threads`` at once."""
+        """``fn(*args)`` in a worker thread.
+
+        Serial (``batch_max_size`` 1): at most ``inference_threads`` jobs at once, their model
+        calls taking turns on a lock. Batched: enough threads for full batches to form while
+        others decode (a thread waiting for its batch uses no CPU); decoding alone is held to
+        ``inference_threads`` at once by :meth:`decode`.
+        """
         from anyio import CapacityLimiter, to_thread
 
         if self._limiter is None:
-            self._limiter = CapacityLimiter(self.limits.inference_threads)
+            threads = self.limits.inference_threads
+            if self.batcher is not None:
+                threads += 2 * self.limits.batch_max_size
+            self._limiter = CapacityLimiter(threads)
         return await to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def decode(self, field: str, upload) -> np.ndarray:
-        return decode_upload(field, upload, self.encoder.sample_rate, self.limits)
+        with self._decoding:
+            return decode_upload(field, upload, self.encoder.sample_rate, self.limits)
 
     def embed(self, wav: np.ndarray) -> np.ndarray:
+        """One embedding: in a batch with concurrent requests', or alone under the model lock."""
+        if self.batcher is not None:
+            return self.batcher.embed(wav)
         with self._model_lock:
-            return self.encoder.embed(wav)
+            emb = self.encoder.embed(wav)
+        self.metrics.batch_size.observe(1)
+        return emb
 
-    def verify(self, wav_a: np.ndarray, wav_b: np.ndarray, threshold: float | None):
-        with self._model_lock:
-            return self.encoder.verify(wav_a, wav_b, threshold=threshold)
+    def embed_many(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """The embeddings of one request's waveforms (queued together when batching)."""
+        if self.batcher is not None:
+            return self.batcher.embed_many(wavs)
+        return [self.embed(w) for w in wavs]
+
+    def verify(
+        self,
+        wav_a: np.ndarray,
+        wav_b: np.ndarray,
+        threshold: float | None,
+        speech_s: tuple[float, float] | None = None,
+    ):
+        emb_a, emb_b = self.embed_many([wav_a, wav_b])
+        return self.encoder.verify_embeddings(emb_a, emb_b, threshold=threshold, speech_s=speech_s)
+
+    def speech(self, field: str, upload, wav: np.ndarray, *, required: bool = True) -> float:
+        """Seconds of speech in a decoded upload, measured in the request's worker thread (not
+        by the model): :func:`~speakerprint.inference.speech.require_speech` with
+        ``limits.min_speech_s`` when ``required``, its refusal a 422 ``too_little_speech``."""
+        from speakerprint.inference.speech import TooLittleSpeechError, require_speech
+
+        name = field if upload.filename is None else f"{field} ({upload.filename})"
+        needed = self.limits.min_speech_s if required else 0.0
+        try:
+            return require_speech(wav, self.encoder.sample_rate, source=name, min_speech_s=needed)
+        except TooLittleSpeechError as e:
+            raise ApiError(
+                422, "too_little_speech", str(e), field=field, filename=upload.filename
+            ) from None
+
+    def close(self) -> None:
+        """Stop the batcher's model thread (what is waiting is embedded first)."""
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.means_cache is not None:
+            self.means_cache.close()
+        if self._store_pool is not None:
+            self._store_pool.close()
+
+    # -- identification
+
+    def _no_speakers(self) -> ApiError:
+        return ApiError(
+            409, "no_speakers", f"the store {self.store_name} has no speakers: enroll first"
+        )
+
+    def require_speakers(self) -> None:
+        """409 when the store has no speakers (checked before decoding a query)."""
+        with self.open_store() as store:
+            if self.means_cache is not None:
+                empty = not self.means_cache.speaker_means(store)[0]
+            else:
+                empty = not store.speakers()
+        if empty:
+            raise self._no_speakers()
+
+    def identify(self, embedding: np.ndarray, threshold: float, top_k: int):
+        """The store's :meth:`identify`; for SQLite from the cached speaker means."""
+        from speakerprint.inference.store import Identification
+
+        with self.open_store() as store:
+            if self.means_cache is None:
+                return store.identify(
+                    embedding, threshold=threshold, model_fingerprint=self.fingerprint, top_k=top_k
+                )
+            names, means = self.means_cache.speaker_means(store)
+        if not names:  # all removed since require_speakers
+            raise self._no_speakers()
+        return Identification.rank(names, means, embedding, threshold, top_k)
 
     # -- request checks, run by the endpoints once FastAPI has validated the form
 

@@ -20,26 +20,33 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speakerprint.inference.store.base import (
+    MAX_NAME_CHARS,
     SCHEMA_VERSION,
     STORE_FORMAT,
     BaseEnrollmentStore,
     Identification,
     SpeakerEntry,
     StoreError,
+    StoreUnavailableError,
+    check_speaker_name,
     is_store_url,
 )
-from speakerprint.inference.store.postgres import PgEnrollmentStore, redact_url
+from speakerprint.inference.store.postgres import PgEnrollmentStore, PgStorePool, redact_url
 from speakerprint.inference.store.sqlite import EnrollmentStore
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "SCHEMA_VERSION",
     "STORE_FORMAT",
     "BaseEnrollmentStore",
     "EnrollmentStore",
     "Identification",
     "PgEnrollmentStore",
+    "PgStorePool",
     "SpeakerEntry",
     "StoreError",
+    "StoreUnavailableError",
+    "check_speaker_name",
     "is_store_url",
     "open_store",
     "redact_url",

@@ -30,11 +30,14 @@ from speakerprint.utils.linalg import l2_normalize_rows
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MAX_NAME_CHARS",
     "STORE_FORMAT",
     "BaseEnrollmentStore",
     "Identification",
     "SpeakerEntry",
     "StoreError",
+    "StoreUnavailableError",
+    "check_speaker_name",
     "is_store_url",
 ]
 
@@ -43,11 +46,22 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 STORE_FORMAT = "speakerprint-enrollment-store"
 _URL_SCHEMES = ("postgresql://", "postgres://")
+#: The longest speaker name a store takes, in characters (after stripping surrounding spaces).
+MAX_NAME_CHARS = 256
 
 
 class StoreError(SpeakerprintError, ValueError):
     """An enrollment store is missing, not a store, from a newer version, made for another model,
     or asked for something it does not hold (an unknown speaker, a wrong embedding size)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now: its PostgreSQL server is down, restarting or gone away
+    mid-command, or an SQLite file stayed locked by another writer past the busy timeout.
+
+    Nothing was half-written (every write is one transaction); the same call may succeed later.
+    The HTTP service answers it with 503 and ``Retry-After``.
+    """
 
 
 @dataclass(frozen=True)
@@ -68,12 +82,15 @@ class Identification:
         score: the best cosine score (of the best speaker, whether accepted or not).
         threshold: the score the best speaker had to reach.
         candidates: the top-k ``(name, score)`` pairs, best first, accepted or not.
+        speech_s: seconds of speech in the query, when whoever embedded it measured them
+            (:mod:`speakerprint.inference.speech`; the CLI and the service do); else None.
     """
 
     speaker: str | None
     score: float
     threshold: float
     candidates: list[tuple[str, float]]
+    speech_s: float | None = None
 
     @classmethod
     def decide(cls, candidates: list[tuple[str, float]], threshold: float) -> Identification:
@@ -87,6 +104,21 @@ class Identification:
             candidates=candidates,
         )
 
+    @classmethod
+    def rank(
+        cls,
+        names: Sequence[str],
+        means: np.ndarray,
+        query: np.ndarray,
+        threshold: float,
+        top_k: int,
+    ) -> Identification:
+        """:meth:`decide` on the ``top_k`` best of speakers given by their unit-length mean
+        embeddings (N, D), scored by cosine to ``query`` (D,)."""
+        scores = means.astype(np.float64) @ normalise_rows(np.asarray(query, dtype=np.float64))
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return cls.decide([(names[i], float(scores[i])) for i in order], threshold)
+
     @property
     def known(self) -> bool:
         return self.speaker is not None
@@ -98,12 +130,33 @@ class Identification:
             "score": self.score,
             "threshold": self.threshold,
             "candidates": [{"name": n, "score": s} for n, s in self.candidates],
+            "speech_s": self.speech_s,
         }
 
 
 def is_store_url(db: str | os.PathLike) -> bool:
     """Whether ``db`` names a PostgreSQL store (a ``postgresql://`` or ``postgres://`` URL)."""
     return isinstance(db, str) and db.lower().startswith(_URL_SCHEMES)
+
+
+def check_speaker_name(name: object) -> str:
+    """``name`` without surrounding spaces, or a StoreError: not a string, empty, or longer than
+    :data:`MAX_NAME_CHARS`. Every ``enroll`` checks it; the CLI and the HTTP service check it
+    before embedding anything, with the same message.
+
+    Any other text is a name: it is stored as given, passed to the database as a parameter.
+
+    >>> check_speaker_name("  alice ")
+    'alice'
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise StoreError(f"a speaker name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise StoreError(
+            f"a speaker name may have at most {MAX_NAME_CHARS} characters, got {len(name)}"
+        )
+    return name
 
 
 def utc_now() -> str:
@@ -234,8 +287,7 @@ class BaseEnrollmentStore(abc.ABC):
     ) -> tuple[str, np.ndarray, list[str | None]]:
         """The checks every ``enroll`` makes first: (name, vectors (K, D) float32, K sources)."""
         self.check_model(model_fingerprint)
-        if not isinstance(name, str) or not name.strip():
-            raise StoreError(f"a speaker name must be a non-empty string, got {name!r}")
+        name = check_speaker_name(name)
         vectors = np.asarray(embeddings, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None]

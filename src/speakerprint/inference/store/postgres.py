@@ -28,8 +28,15 @@ store takes an advisory lock so that two processes creating it at once do not co
 a store runs ``CREATE EXTENSION IF NOT EXISTS vector`` when the extension is not there yet, which
 needs pgvector installed on the server and a role allowed to create it (a superuser, once).
 
-psycopg 3 is imported when a store is opened; without it opening raises a StoreError naming
-``pip install 'speakerprint[pg]'``. Vectors travel as text literals (``'[0.1,...]'::vector``)
+A server that cannot be reached, or that goes away mid-command (restarted, failed over), raises
+:class:`~speakerprint.inference.store.base.StoreUnavailableError`; the transaction in progress
+is the server's to roll back, so nothing is half-written. A long-running process
+(``speakerprint serve``) opens its stores through a :class:`PgStorePool` instead of a connection
+per request: open connections (psycopg_pool), each checked when taken, so one broken by a server
+restart is replaced, not handed out.
+
+psycopg 3 (and psycopg_pool for :class:`PgStorePool`) is imported when a store is opened;
+without it opening raises a StoreError naming ``pip install 'speakerprint[pg]'``. Vectors travel as text literals (``'[0.1,...]'::vector``)
 and come back as ``real[]``, so no pgvector Python package is needed.
 
 >>> store = open_store("postgresql://sp@db.example/speakers", model_fingerprint=enc.fingerprint,
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,13 +59,15 @@ from speakerprint.inference.store.base import (
     Identification,
     SpeakerEntry,
     StoreError,
+    StoreUnavailableError,
     is_store_url,
 )
 
 if TYPE_CHECKING:
     import psycopg
+    import psycopg_pool
 
-__all__ = ["INSTALL_HINT", "PgEnrollmentStore", "redact_url"]
+__all__ = ["INSTALL_HINT", "PgEnrollmentStore", "PgStorePool", "redact_url"]
 
 INSTALL_HINT = "pip install 'speakerprint[pg]'"
 
@@ -118,21 +127,46 @@ def _vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
-def _connect(url: str) -> psycopg.Connection:
-    """An autocommit connection (each write opens its own transaction), or a StoreError that
-    names the URL without its password and the reason."""
+def _connect_params(url: str) -> dict:
+    """The connection parameters of ``url``, with a connect timeout and an application name."""
     psycopg = _import_psycopg()
-    where = redact_url(url)
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as e:
-        raise StoreError(f"enrollment store {where}: bad connection URL: {_one_line(e)}") from None
+        raise StoreError(
+            f"enrollment store {redact_url(url)}: bad connection URL: {_one_line(e)}"
+        ) from None
     params.setdefault("connect_timeout", 10)
     params.setdefault("application_name", "speakerprint")
+    return params
+
+
+def _connect(url: str) -> psycopg.Connection:
+    """An autocommit connection (each write opens its own transaction), or a StoreError that
+    names the URL without its password and the reason (StoreUnavailableError: no server)."""
+    psycopg = _import_psycopg()
+    params = _connect_params(url)
     try:
         return psycopg.connect(**params, autocommit=True)
+    except psycopg.OperationalError as e:
+        raise StoreUnavailableError(
+            f"cannot connect to enrollment store {redact_url(url)}: {_one_line(e)}"
+        ) from None
     except psycopg.Error as e:
-        raise StoreError(f"cannot connect to enrollment store {where}: {_one_line(e)}") from None
+        raise StoreError(
+            f"cannot connect to enrollment store {redact_url(url)}: {_one_line(e)}"
+        ) from None
+
+
+def _check_open_arguments(
+    url: str, model_fingerprint: str | None, embed_dim: int | None, create: bool
+) -> None:
+    if not is_store_url(url):
+        raise StoreError(f"{url!r} is not a postgresql:// or postgres:// URL")
+    if create and (model_fingerprint is None or embed_dim is None):
+        raise ValueError("creating a store needs model_fingerprint and embed_dim")
+    if create and not 1 <= int(embed_dim) <= _MAX_DIM:
+        raise ValueError(f"embed_dim must be between 1 and {_MAX_DIM}, got {embed_dim}")
 
 
 def _table_exists(conn: psycopg.Connection, name: str) -> bool:
@@ -148,11 +182,18 @@ class PgEnrollmentStore(BaseEnrollmentStore):
             messages and callers of the SQLite store use).
     """
 
-    def __init__(self, url: str, connection: psycopg.Connection, meta: dict[str, str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        connection: psycopg.Connection,
+        meta: dict[str, str],
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.url = redact_url(url)
         self.path = self.url
         self._conn = connection
         self._meta = meta
+        self._release = connection.close if release is None else release  # a pool's: give back
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -178,16 +219,30 @@ class PgEnrollmentStore(BaseEnrollmentStore):
                 the login, no store in the database (and ``create`` is False), pgvector missing,
                 tables that are not a store's, a newer schema, or another model's store.
         """
-        if not is_store_url(url):
-            raise StoreError(f"{url!r} is not a postgresql:// or postgres:// URL")
-        if create and (model_fingerprint is None or embed_dim is None):
-            raise ValueError("creating a store needs model_fingerprint and embed_dim")
-        if create and not 1 <= int(embed_dim) <= _MAX_DIM:
-            raise ValueError(f"embed_dim must be between 1 and {_MAX_DIM}, got {embed_dim}")
+        _check_open_arguments(url, model_fingerprint, embed_dim, create)
+        return cls._opened(
+            cls(url, _connect(url), {}),
+            model_fingerprint=model_fingerprint,
+            embed_dim=embed_dim,
+            model_path=model_path,
+            create=create,
+            legacy_fingerprints=legacy_fingerprints,
+        )
+
+    @staticmethod
+    def _opened(
+        store: PgEnrollmentStore,
+        *,
+        model_fingerprint: str | None,
+        embed_dim: int | None,
+        model_path: str | None,
+        create: bool,
+        legacy_fingerprints: Sequence[str],
+    ) -> PgEnrollmentStore:
+        """``store``, on a connection just made or taken from a pool, once its tables are
+        read (made, with ``create``) and checked as :meth:`open` says; closed on failure."""
         psycopg = _import_psycopg()
-        conn = _connect(url)
-        store = cls(url, conn, {})
-        where = store.url
+        conn, where = store._conn, store.url
         try:
             with conn.transaction():
                 if create and not _table_exists(conn, "meta"):
@@ -207,15 +262,15 @@ class PgEnrollmentStore(BaseEnrollmentStore):
                     store._create(int(embed_dim), model_fingerprint, model_path)
                 store._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except psycopg.OperationalError as e:
-            conn.close()
-            raise StoreError(f"enrollment store {where}: {_one_line(e)}") from None
+            store.close()
+            raise StoreUnavailableError(f"enrollment store {where}: {_one_line(e)}") from None
         except psycopg.Error as e:
-            conn.close()
+            store.close()
             raise StoreError(
                 f"{where} is not a readable enrollment store: {_one_line(e)}"
             ) from None
         except BaseException:
-            conn.close()
+            store.close()
             raise
         store._check_opened(model_fingerprint, embed_dim, legacy_fingerprints)
         return store
@@ -267,7 +322,8 @@ class PgEnrollmentStore(BaseEnrollmentStore):
             return _table_exists(conn, "meta")
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection (or give it back to its :class:`PgStorePool`)."""
+        self._release()
 
     def __enter__(self) -> PgEnrollmentStore:
         return self
@@ -280,7 +336,7 @@ class PgEnrollmentStore(BaseEnrollmentStore):
         try:
             yield
         except psycopg.OperationalError as e:
-            raise StoreError(f"enrollment store {self.url}: {_one_line(e)}") from None
+            raise StoreUnavailableError(f"enrollment store {self.url}: {_one_line(e)}") from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
@@ -417,3 +473,99 @@ class PgEnrollmentStore(BaseEnrollmentStore):
                 {"query": _vector_literal(query), "k": int(k)},
             ).fetchall()
         return [(name, source, float(score)) for name, source, score in rows]
+
+
+class PgStorePool:
+    """Open connections to one PostgreSQL store, shared by the requests of a long-running
+    process (``speakerprint serve``), so that a request does not pay for a new connection.
+
+    A connection is checked (an empty query) when taken: one that a server restart broke is
+    dropped and a new one made, so the process reconnects by itself once the server is back.
+    While it is down, :meth:`open` waits up to ``timeout_s`` for a connection, then raises
+    :class:`~speakerprint.inference.store.base.StoreUnavailableError`; a command cut off
+    mid-transaction raises it too, and its transaction is rolled back by the server.
+
+    Args:
+        url: the store's ``postgresql://`` URL.
+        max_size: the most connections kept open (each process of a service holds its own).
+        timeout_s: how long :meth:`open` waits for a connection before giving up.
+
+    Raises:
+        StoreError: psycopg or psycopg_pool missing, or a bad URL.
+        StoreUnavailableError: the server cannot be reached now (checked once, on creation, for
+            a message that says why).
+
+    >>> pool = PgStorePool("postgresql://sp@db.example/speakers")  # doctest: +SKIP
+    >>> with pool.open(model_fingerprint=enc.fingerprint) as store:  # doctest: +SKIP
+    ...     store.speakers()
+    >>> pool.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, *, max_size: int = 4, timeout_s: float = 5.0) -> None:
+        _import_psycopg()
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise StoreError(
+                f"a pool of PostgreSQL connections needs psycopg_pool: {INSTALL_HINT}"
+            ) from None
+        params = _connect_params(url)
+        _connect(url).close()  # a server that cannot be reached says why, here
+        self.url = redact_url(url)
+        self.timeout_s = float(timeout_s)
+        self._url = url
+        self._pool: psycopg_pool.ConnectionPool = ConnectionPool(
+            kwargs={**params, "autocommit": True},
+            min_size=1,
+            max_size=max_size,
+            timeout=self.timeout_s,
+            check=ConnectionPool.check_connection,
+            name="speakerprint-store",
+            open=True,
+        )
+
+    def open(
+        self,
+        *,
+        model_fingerprint: str | None = None,
+        embed_dim: int | None = None,
+        model_path: str | None = None,
+        create: bool = False,
+        legacy_fingerprints: Sequence[str] = (),
+    ) -> PgEnrollmentStore:
+        """The store on a pooled connection, checked as :meth:`PgEnrollmentStore.open` checks
+        it (the arguments are its own); closing it gives the connection back.
+
+        Raises:
+            StoreUnavailableError: no working connection within ``timeout_s``.
+            StoreError: as :meth:`PgEnrollmentStore.open`.
+        """
+        from psycopg_pool import PoolClosed, PoolTimeout
+
+        _check_open_arguments(self._url, model_fingerprint, embed_dim, create)
+        try:
+            conn = self._pool.getconn()
+        except (PoolTimeout, PoolClosed) as e:
+            raise StoreUnavailableError(
+                f"enrollment store {self.url}: no working connection to the server within "
+                f"{self.timeout_s:g} s (the server is down or restarting, or every connection is "
+                f"busy: {_one_line(e)}); try again"
+            ) from None
+        return PgEnrollmentStore._opened(
+            PgEnrollmentStore(self._url, conn, {}, release=lambda: self._pool.putconn(conn)),
+            model_fingerprint=model_fingerprint,
+            embed_dim=embed_dim,
+            model_path=model_path,
+            create=create,
+            legacy_fingerprints=legacy_fingerprints,
+        )
+
+    def close(self) -> None:
+        """Close every connection; :meth:`open` raises StoreUnavailableError afterwards."""
+        self._pool.close()
+
+    def __enter__(self) -> PgStorePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
