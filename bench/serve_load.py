@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--speech", type=Path, default=SPEECH)
     parser.add_argument("--speakers", type=int, default=10_000, help="speakers in the store")
     parser.add_argument("--requests", type=int, default=240, help="requests per client level")
-    parser.add_argument("--long-requests", type=int, default=3000, help="the long run at 16")
+    parser.add_argument("--long-requests", type=int, default=1500, help="the long run at 16")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

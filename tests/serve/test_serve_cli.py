@@ -116,3 +116,39 @@ def test_workers_run_the_app_factory_with_the_same_settings(tmp_path, tiny_bundl
     monkeypatch.setenv(SETTINGS_ENV, "[1, 2]")
     with pytest.raises(ConfigError, match="must hold create_app's arguments"):
         app_from_environment()
+
+
+def test_a_real_server_logs_each_request_with_its_id(tmp_path, tiny_bundle):
+    """The command's logging configuration: one line per request on stderr, with the id the
+    client sent, in place of uvicorn's access log."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "speakerprint", "serve", "--model", str(tiny_bundle)]
+    with open(log, "wb") as out:
+        server = subprocess.Popen([*command, "--port", str(port)], stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, log.read_text()
+                try:
+                    r = httpx.get(
+                        f"http://127.0.0.1:{port}/health", headers={"X-Request-ID": "probe-7"}
+                    )
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the server did not start"
+                    time.sleep(0.2)
+            assert r.status_code == 200 and r.headers["x-request-id"] == "probe-7"
+        finally:
+            server.terminate()
+            server.wait(30)
+    lines = log.read_text().splitlines()
+    assert any("probe-7 GET /health 200 " in line for line in lines), lines
+    assert not any('"GET /health HTTP/1.1" 200' in line for line in lines)  # no access log twice

@@ -129,10 +129,28 @@ def serve(
             "enroll and remove speakers (set --api-key or SPEAKERPRINT_API_KEY)",
             err=True,
         )
+    logging = {"log_level": log_level, "log_config": _log_config(log_level), "access_log": False}
     if workers == 1:
-        uvicorn.run(application, host=host, port=port, log_level=log_level)
+        uvicorn.run(application, host=host, port=port, **logging)
         return
-    _run_workers(application, settings, workers, host=host, port=port, log_level=log_level)
+    _run_workers(application, settings, workers, host=host, port=port, **logging)
+
+
+def _log_config(log_level: str) -> dict:
+    """uvicorn's logging configuration plus the service's request log (``speakerprint.serve``:
+    one line per request with its id, which replaces uvicorn's access log). uvicorn applies it
+    in every worker process."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["speakerprint.serve"] = {
+        "handlers": ["default"],
+        "level": "INFO" if log_level == "trace" else log_level.upper(),
+        "propagate": False,
+    }
+    return config
 
 
 def _run_workers(application, settings: dict, workers: int, **uvicorn_options) -> None:
