@@ -96,6 +96,28 @@ def test_close_embeds_what_is_waiting_then_refuses():
         batcher.submit(np.zeros(4))
 
 
+def test_a_lone_waveform_does_not_wait_when_nothing_else_is_coming():
+    batches = []
+
+    def model(wavs):
+        batches.append(len(wavs))
+        return np.zeros((len(wavs), 2), dtype=np.float32)
+
+    coming = [0]
+    batcher = DynamicBatcher(model, max_batch=2, max_wait_ms=60_000, expected=lambda: coming[0])
+    try:
+        # Nothing on its way: embedded at once, not after the 60 s window.
+        assert batcher.submit(np.zeros(5)).result(timeout=10).shape == (2,)
+        # One more on its way: the first waits for it and they share a pass.
+        coming[0] = 1
+        first = batcher.submit(np.zeros(5))
+        second = batcher.submit(np.zeros(6))
+        first.result(timeout=10), second.result(timeout=10)
+        assert batches == [1, 2]
+    finally:
+        batcher.close()
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"max_batch": 0}, {"max_wait_ms": -1}, {"bucket_ratio": 0.5}, {"max_batch": 2.5}]
 )

@@ -404,7 +404,8 @@ def test_hostile_file_names_stay_names(server, client, speech):
     with EnrollmentStore.open(db) as store:
         sources = {s.name: s.sources for s in store.speakers()}["names"]
     assert sources == [n.decode() for n in names[:3]]  # kept as labels, not paths
-    # A name in the URL path: the access log shows it percent-encoded, on one line.
+    # A name in the URL path: logged on one line (uvicorn percent-encodes it; the service's own
+    # request log escapes control characters, tests/serve/test_observe.py).
     r = client.delete("/speakers/a%0D%0AINFO:%20forged")
     _error(r, 404, "unknown_speaker")
     logged = records.messages[before:]

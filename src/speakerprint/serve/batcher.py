@@ -10,8 +10,9 @@ One model thread takes the first waveform waiting, keeps collecting for up to ``
   it), so buckets only save time.
 - **One thread owns the model.** Model calls never overlap, as under the former lock, but a
   busy service now makes one call per bucket instead of one per request.
-- **A lone request waits at most ``max_wait_ms``**: when nothing else arrives it is embedded
-  alone, as before, a few milliseconds later.
+- **A lone request does not wait**: the service tells the batcher how many requests are still
+  decoding, and the batcher waits (at most ``max_wait_ms``) only while some are; a request
+  that arrives alone is embedded at once.
 
 A failed batch (an exception in the model) fails each of its requests with that exception; the
 model thread keeps serving. :meth:`close` drains what is waiting and stops the thread.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from speakerprint.errors import ConfigError
-from speakerprint.utils.memory import release_free_heap
+from speakerprint.utils.memory import PeriodicHeapRelease
 
 __all__ = ["BatchStats", "DynamicBatcher", "length_buckets"]
 
@@ -85,6 +86,9 @@ class DynamicBatcher:
         max_wait_ms: how long the first waiting waveform waits for others.
         bucket_ratio: the longest waveform of a batch over its shortest, at most.
         on_batch: called with each batch's size after it is embedded (metrics).
+        expected: how many more waveforms are on their way (the service: requests being
+            decoded). The batcher waits for others only while this is above 0, so a lone
+            request is embedded at once. None: always wait up to ``max_wait_ms``.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         bucket_ratio: float = 1.25,
         on_batch: Callable[[int], None] | None = None,
+        expected: Callable[[], int] | None = None,
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ConfigError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
@@ -107,6 +112,8 @@ class DynamicBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.bucket_ratio = float(bucket_ratio)
         self._on_batch = on_batch
+        self._expected = expected
+        self._release_heap = PeriodicHeapRelease()
         self.stats = BatchStats()
         self._queue: deque[_Pending] = deque()
         self._ready = threading.Condition()
@@ -162,9 +169,9 @@ class DynamicBatcher:
             deadline = time.monotonic() + self.max_wait_s
             while len(self._queue) < self.max_batch and not self._closed:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (self._expected is not None and self._expected() <= 0):
                     break
-                self._ready.wait(left)
+                self._ready.wait(min(left, 0.001) if self._expected is not None else left)
             count = min(len(self._queue), self.max_batch)
             return [self._queue.popleft() for _ in range(count)]
 
@@ -174,7 +181,7 @@ class DynamicBatcher:
                 [len(p.wav) for p in taken], self.max_batch, self.bucket_ratio
             ):
                 self._run([taken[i] for i in group])
-            release_free_heap()  # batches of varying shapes fragment glibc's heap
+            self._release_heap()  # batches of varying shapes fragment glibc's heap
 
     def _run(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]

@@ -22,6 +22,7 @@ import numpy as np
 
 from speakerprint.errors import ConfigError
 from speakerprint.inference.speech import DEFAULT_MIN_SPEECH_S, check_min_speech_s
+from speakerprint.utils.memory import PeriodicHeapRelease
 
 if TYPE_CHECKING:
     from speakerprint.inference import SpeakerEncoder
@@ -234,7 +235,13 @@ class ServiceState:
             self.store_name = None if store is None else str(self.store_path)  # printable
         self.model_path = None if encoder.path is None else str(encoder.path.resolve())
         self._model_lock = threading.Lock()
+        self._release_heap = PeriodicHeapRelease()
         self._decoding = threading.BoundedSemaphore(limits.inference_threads)
+        # Requests between the start of their decoding and their hand-over to the batcher: the
+        # batcher waits for more waveforms only while some are on their way.
+        self._coming = 0
+        self._coming_lock = threading.Lock()
+        self._job = threading.local()
         self._limiter = None  # made in the event loop (anyio 3 needs one running)
         self.means_cache = None
         if self.store_path is not None and not is_store_url(self.store_path):
@@ -253,6 +260,7 @@ class ServiceState:
                 max_batch=limits.batch_max_size,
                 max_wait_ms=limits.batch_wait_ms,
                 on_batch=self.metrics.batch_size.observe,
+                expected=lambda: self._coming,
             )
             self.metrics.batch_queue.set_function(lambda: self.batcher.pending)
         self._store_pool = None  # PostgreSQL: connections kept open and checked, not one a request
@@ -309,24 +317,46 @@ class ServiceState:
             if self.batcher is not None:
                 threads += 2 * self.limits.batch_max_size
             self._limiter = CapacityLimiter(threads)
-        return await to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return await to_thread.run_sync(self._job_of, fn, *args, limiter=self._limiter)
+
+    def _job_of(self, fn: Callable[..., T], *args) -> T:
+        try:
+            return fn(*args)
+        finally:
+            self._arrived()  # a job that failed before embedding is not awaited any more
+
+    def _coming_up(self) -> None:
+        if not getattr(self._job, "coming", False):
+            with self._coming_lock:
+                self._coming += 1
+            self._job.coming = True
+
+    def _arrived(self) -> None:
+        if getattr(self._job, "coming", False):
+            with self._coming_lock:
+                self._coming -= 1
+            self._job.coming = False
 
     def decode(self, field: str, upload) -> np.ndarray:
+        self._coming_up()
         with self._decoding:
             return decode_upload(field, upload, self.encoder.sample_rate, self.limits)
 
     def embed(self, wav: np.ndarray) -> np.ndarray:
         """One embedding: in a batch with concurrent requests', or alone under the model lock."""
         if self.batcher is not None:
+            self._arrived()
             return self.batcher.embed(wav)
         with self._model_lock:
             emb = self.encoder.embed(wav)
+            self._release_heap()  # as the batcher does: lengths vary, glibc's heap fragments
         self.metrics.batch_size.observe(1)
         return emb
 
     def embed_many(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
         """The embeddings of one request's waveforms (queued together when batching)."""
         if self.batcher is not None:
+            self._arrived()
             return self.batcher.embed_many(wavs)
         return [self.embed(w) for w in wavs]
 
