@@ -49,7 +49,7 @@ from speakerprint.inference.store import open_store
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762" / "train"
 MIX = [("embed", 0.4), ("identify", 0.3), ("verify", 0.2), ("enroll", 0.1)]
 LEVELS = (1, 4, 16, 64)
-SETTINGS = {"serial lock": 1, "dynamic batching": 16}
+SERIAL = "serial lock"
 
 
 def _speakers(root: Path) -> list[list[Path]]:
@@ -256,8 +256,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=240, help="requests per client level")
     parser.add_argument("--long-requests", type=int, default=1500, help="the long run at 16")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,16",
+        help="the --batch-max-size of each service setting, compared at 16 clients to the first",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    settings = {
+        (
+            SERIAL
+            if b == 1
+            else f"dynamic batching, max {b}"
+            if len(sizes) > 2
+            else "dynamic batching"
+        ): b
+        for b in sizes
+    }
 
     speakers = _speakers(args.speech)
     enrolled, visitors = speakers[:40], speakers[40:]
@@ -278,7 +294,7 @@ def main() -> None:
         start = time.perf_counter()
         build_store(tmp / "template.db", encoder, enrolled, args.speakers)
         print(f"store of {args.speakers} speakers in {time.perf_counter() - start:.0f} s")
-        for setting, batch in SETTINGS.items():
+        for setting, batch in settings.items():
             db = tmp / f"{batch}.db"
             with sqlite3.connect(tmp / "template.db") as src, sqlite3.connect(db) as dst:
                 src.backup(dst)  # each setting starts from the same store
@@ -305,8 +321,15 @@ def main() -> None:
                 service.stop()
 
     costs = forward_costs(encoder, query_files[:48])
-    serial, batched = results["serial lock"][16], results["dynamic batching"][16]
-    speedup = (batched["requests"] / batched["wall_s"]) / (serial["requests"] / serial["wall_s"])
+    first, *others = settings
+    serial = results[first][16]
+
+    def rps(r: dict) -> float:
+        return r["requests"] / r["wall_s"]
+
+    def p99(r: dict) -> str:
+        return _ms([x for v in r["latencies"].values() for x in v], 0.99)
+
     command = "PYTHONPATH=src python bench/serve_load.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]
     )
@@ -324,9 +347,11 @@ def main() -> None:
         "batching); `dynamic batching` is the default (`--batch-max-size 16 --batch-wait-ms 5`). "
         "Latency is the client's, from sending the request to reading the whole response.",
         "",
-        f"At 16 clients dynamic batching serves **{speedup:.2f}x** the requests/s of the serial "
-        f"lock; p99 {_ms([x for v in batched['latencies'].values() for x in v], 0.99)} ms against "
-        f"{_ms([x for v in serial['latencies'].values() for x in v], 0.99)} ms.",
+        *[
+            f"At 16 clients {other} serves **{rps(results[other][16]) / rps(serial):.2f}x** the "
+            f"requests/s of the {first}; p99 {p99(results[other][16])} ms against {p99(serial)} ms."
+            for other in others
+        ],
         "",
         *_table(results),
         "",
