@@ -3,8 +3,9 @@
 Every augmentation is applied to every utterance (probability 1), so the figures are upper
 bounds of what a step pays. Without ``--musan``/``--rirs`` the banks are synthetic (random noise,
 decaying RIRs) of the sizes the recipes use: the cost depends on their shapes, not their sound.
-Codec simulation runs per utterance on the CPU in the data loader workers; its line is the CPU
-time of one utterance, to be divided by the number of workers.
+Codec and telephone-channel simulation runs per utterance on the CPU in the data loader workers;
+its lines are the CPU time of one utterance (16 kbit/s where a bitrate applies), to be divided by
+the number of workers.
 
     python bench/augment.py --device cuda                  # batch 128 x 2 s
     python bench/augment.py --device cpu --batch 4 --repeats 2   # a quick check
@@ -33,6 +34,8 @@ from speakerprint.augment import (
     SpeedPerturb,
     encode_decode,
 )
+from speakerprint.augment.codec import CHANNELS, CODECS
+from speakerprint.errors import ConfigError
 from speakerprint.features import Fbank, FbankConfig
 from speakerprint.utils.io import atomic_write_text
 from speakerprint.utils.machine import device_name
@@ -139,10 +142,18 @@ def main() -> None:
             table.append((name, timed(fn, device, args.repeats)))
             print(f"{name:32s} {table[-1][1]:10.2f}")
     one = wav[0].cpu().numpy()
-    for codec in ("opus", "aac"):
-        ms = timed(lambda c=codec: encode_decode(one, sr, c, 16), torch.device("cpu"), args.repeats)
-        table.append((f"codec {codec} (CPU, per utterance)", ms))
-        print(f"{table[-1][0]:32s} {ms:10.2f}")
+    for codec in CHANNELS:
+        name = f"codec {codec} (CPU, per utterance)"
+        try:
+            ms = timed(
+                lambda c=codec: encode_decode(one, sr, c, 16), torch.device("cpu"), args.repeats
+            )
+        except ConfigError:  # an FFmpeg encoder this PyAV lacks: say so in the table
+            table.append((name, f"no {CODECS[codec][0]} encoder"))
+            print(f"{name:32s} {table[-1][1]:>10s}")
+            continue
+        table.append((name, ms))
+        print(f"{name:32s} {ms:10.2f}")
     if args.out:
         banks = (
             f"noise: {args.musan or f'synthetic, {args.noise_files} files per category'}; "
@@ -158,7 +169,7 @@ def main() -> None:
             "",
             "| augmentation | ms |",
             "|---|---:|",
-            *(f"| {name} | {ms:.2f} |" for name, ms in table),
+            *(f"| {name} | {ms if isinstance(ms, str) else f'{ms:.2f}'} |" for name, ms in table),
             "",
             f"{header}; every augmentation applied to every utterance (an upper bound of what a "
             f"step pays: the recipes draw each with a probability); {banks}. The codec rows are "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from speakerprint.augment import AugmentConfig, build_augmentation
+from speakerprint.augment import AugmentConfig, build_augmentation, build_codec
 from speakerprint.errors import ConfigError
 from speakerprint.features import Fbank
 from speakerprint.train.config import ExperimentConfig, load_config, save_config
@@ -97,9 +97,24 @@ def test_config_section_round_trips_through_yaml(tmp_path, musan_root):
         ("augment.noise_prob=1.5", "noise_prob must be in"),
         ("augment.music_snr_db_min=20", "music_snr_db_min <= music_snr_db_max"),
         ("augment.codec=mp3", "augment.codec"),
+        ("augment.codecs=[opus, fax]", r"augment.codecs\[1\]"),
+        ("augment.codecs=opus", "augment.codecs: expected a list"),
+        ("augment.codecs=[mulaw, opus, mulaw]", "codecs lists mulaw more than once"),
         ("augment.speed=1.1", "unknown config key"),
     ],
 )
 def test_bad_augment_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_codecs_list_round_trips_and_is_built(tmp_path):
+    cfg = load_config(
+        None, ["augment.codec_prob=0.5", "augment.codecs=[opus, telephone, mulaw, alaw, mp3]"]
+    )
+    assert cfg.augment.codecs == ["opus", "telephone", "mulaw", "alaw", "mp3"]
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert build_codec(cfg.augment, 16000).codecs == ("opus", "telephone", "mulaw", "alaw", "mp3")
+    with pytest.raises(ConfigError, match="codecs or codec, not both"):
+        load_config(None, ["augment.codec=aac", "augment.codecs=[opus]"])

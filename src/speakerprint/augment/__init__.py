@@ -13,7 +13,8 @@ nothing extra is stored: the noise and RIR banks are decoded once at start-up.
 - :mod:`~speakerprint.augment.speed`: speed 0.9 / 1.0 / 1.1 by windowed-sinc resampling; the
   perturbed copies are new speakers.
 - :mod:`~speakerprint.augment.specaugment`: time and frequency masks inside valid frames.
-- :mod:`~speakerprint.augment.codec`: Opus/AAC re-encoding with PyAV, CPU, in the loader workers.
+- :mod:`~speakerprint.augment.codec`: Opus/AAC/MP3/GSM/AMR-NB re-encoding with PyAV, telephone band
+  and G.711 mu-law/A-law at 8 kHz; CPU, in the loader workers.
 
 How the training loop calls it (``train/loop.py``)
 --------------------------------------------------

@@ -11,12 +11,16 @@ without an ``augment:`` section trains exactly as before. SNRs are in dB, durati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from speakerprint.errors import ConfigError, SpeakerprintError
 
-__all__ = ["AugmentConfig", "AugmentDataError"]
+__all__ = ["CHANNELS", "AugmentConfig", "AugmentDataError"]
+
+Channel = Literal["opus", "aac", "mp3", "gsm", "amrnb", "telephone", "mulaw", "alaw"]
+# the channels augment.codecs may name (speakerprint.augment.codec implements them)
+CHANNELS: tuple[str, ...] = get_args(Channel)
 
 
 class AugmentDataError(SpeakerprintError, ValueError):
@@ -57,8 +61,16 @@ class AugmentConfig:
             (ECAPA-TDNN: one of 0-10 bins).
         codec_prob: chance that an utterance is re-encoded through a lossy codec in the data
             loader worker (CPU, PyAV).
-        codec: ``opus``, ``aac`` or ``any`` (either, equally likely).
-        codec_bitrate_kbps_min, codec_bitrate_kbps_max: bitrate range of the re-encoding.
+        codec: ``opus``, ``aac`` or ``any`` (either, equally likely); used when ``codecs`` is
+            empty.
+        codecs: the channels to draw from, equally likely, e.g. ``[opus, telephone, mulaw]``:
+            ``opus``, ``aac``, ``mp3`` (re-encoded at the utterance's rate), ``telephone``
+            (300-3,400 Hz at 8 kHz), ``mulaw``, ``alaw`` (G.711 at 8 kHz), ``gsm``, ``amrnb``
+            (at 8 kHz; need FFmpeg's libgsm / libopencore_amrnb encoders, checked when the
+            training data is built). Empty: as ``codec`` says.
+        codec_bitrate_kbps_min, codec_bitrate_kbps_max: bitrate range of the re-encoding by
+            ``opus``, ``aac`` and ``mp3``; ``amrnb`` takes the mode nearest the drawn bitrate,
+            the other channels have a fixed rate.
         seed: which segments and RIRs go into the banks and which rooms are simulated.
     """
 
@@ -93,6 +105,7 @@ class AugmentConfig:
     freq_mask_max_bins: int = 10
     codec_prob: float = 0.0
     codec: Literal["opus", "aac", "any"] = "any"
+    codecs: list[Channel] = field(default_factory=list)
     codec_bitrate_kbps_min: int = 8
     codec_bitrate_kbps_max: int = 32
     seed: int = 0
@@ -138,6 +151,13 @@ class AugmentConfig:
         for name in ("time_masks", "time_mask_max_frames", "freq_masks", "freq_mask_max_bins"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.codecs and self.codec != "any":
+            problems.append("set codecs or codec, not both (codecs lists every channel)")
+        for name in dict.fromkeys(self.codecs):
+            if name not in CHANNELS:
+                problems.append(f"codecs: unknown channel {name!r} (known: {', '.join(CHANNELS)})")
+            if list(self.codecs).count(name) > 1:
+                problems.append(f"codecs lists {name} more than once")
         if not 1 <= self.codec_bitrate_kbps_min <= self.codec_bitrate_kbps_max:
             problems.append(
                 "1 <= codec_bitrate_kbps_min <= codec_bitrate_kbps_max is needed, got "

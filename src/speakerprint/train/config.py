@@ -189,6 +189,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         if value in get_args(tp):
             return value
         raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(tp)
+        return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
