@@ -432,3 +432,28 @@ def test_serve_over_postgresql(pg_url, tiny_bundle, demo_root):
     r = client.delete(f"/speakers/{folder.name}")
     assert r.status_code == 200 and r.json()["num_embeddings"] == 2, r.text
     assert client.get("/speakers").json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"),
+    [
+        ("0.8.0", False),
+        ("0.7.0", False),
+        ("0.10.1", False),
+        ("1.0", False),
+        ("0.6.2", True),
+        ("0.5", True),
+        (None, True),
+    ],
+)
+def test_an_old_or_missing_pgvector_is_named(version, refused):
+    """Checked on every open: a server with pgvector 0.6 (Ubuntu 24.04's) would fail only at
+    the first identify, with a 500 naming l2_normalize."""
+    from speakerprint.inference.store.postgres import check_pgvector_version
+
+    if refused:
+        with pytest.raises(StoreError, match="pgvector|vector extension") as e:
+            check_pgvector_version(version, "postgresql://db")
+        assert "0.7 or newer" in str(e.value)
+    else:
+        check_pgvector_version(version, "postgresql://db")

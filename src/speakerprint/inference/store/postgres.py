@@ -122,6 +122,35 @@ def _import_psycopg():
     return psycopg
 
 
+#: The oldest pgvector the store's queries run on (l2_normalize came with 0.7.0).
+MIN_PGVECTOR = (0, 7)
+
+
+def check_pgvector_version(version: str | None, where: str) -> None:
+    """A StoreError naming the server's pgvector when it is missing or older than
+    :data:`MIN_PGVECTOR`, instead of a 500 naming an undefined function on the first identify.
+
+    >>> check_pgvector_version("0.8.0", "postgresql://db")
+    >>> check_pgvector_version("0.6.2", "postgresql://db")
+    Traceback (most recent call last):
+    ...
+    speakerprint.inference.store.base.StoreError: enrollment store postgresql://db: the server's pgvector is 0.6.2; the store needs 0.7 or newer (l2_normalize): install a newer pgvector and run ALTER EXTENSION vector UPDATE
+    """
+    needed = ".".join(map(str, MIN_PGVECTOR))
+    if version is None:
+        raise StoreError(
+            f"enrollment store {where}: the vector extension is not installed in this database "
+            f"(pgvector {needed} or newer is needed)"
+        )
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    if tuple(parts + [0] * (2 - len(parts))) < MIN_PGVECTOR:
+        raise StoreError(
+            f"enrollment store {where}: the server's pgvector is {version}; the store needs "
+            f"{needed} or newer (l2_normalize): install a newer pgvector and run ALTER "
+            "EXTENSION vector UPDATE"
+        )
+
+
 def _vector_literal(vector: np.ndarray) -> str:
     """pgvector's text form of a float32 vector; repr() of each value reads back exactly."""
     return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
@@ -261,6 +290,9 @@ class PgEnrollmentStore(BaseEnrollmentStore):
                         )
                     store._create(int(embed_dim), model_fingerprint, model_path)
                 store._meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                row = conn.execute(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                ).fetchone()
         except psycopg.OperationalError as e:
             store.close()
             raise StoreUnavailableError(f"enrollment store {where}: {_one_line(e)}") from None
@@ -273,6 +305,11 @@ class PgEnrollmentStore(BaseEnrollmentStore):
             store.close()
             raise
         store._check_opened(model_fingerprint, embed_dim, legacy_fingerprints)
+        try:  # a store, then: one its queries can run on
+            check_pgvector_version(None if row is None else row[0], where)
+        except StoreError:
+            store.close()
+            raise
         return store
 
     def _replace_fingerprint(self, old: str, new: str) -> str:
