@@ -1,9 +1,7 @@
 """Dynamic batching: the batcher's grouping and failure handling, and a live service whose
 batched embeddings equal each request served alone."""
 
-import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,6 +10,7 @@ import soundfile as sf
 
 from speakerprint.audio import load_audio, resample
 from speakerprint.errors import ConfigError
+from speakerprint.inference.result import cosine_score
 from speakerprint.serve.batcher import DynamicBatcher, length_buckets
 
 # -- the batcher alone, with a stand-in model ----------------------------------------------------
@@ -132,6 +131,8 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
+from tests.serve.live import live_server  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def shipped():
@@ -161,29 +162,11 @@ def uploads(shared_data, tmp_path_factory):
     return files
 
 
-def _serve(app):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    return srv, thread, sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def _cosine(a, b):
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def test_batched_embeddings_equal_each_request_alone(shipped, uploads):
     from speakerprint.serve import create_app
 
     app = create_app(model=shipped, batch_max_size=8, batch_wait_ms=50)
-    srv, thread, sock, url = _serve(app)
-    try:
+    with live_server(app) as (url, _):
 
         def embed(path):
             with open(path, "rb") as f:
@@ -194,12 +177,8 @@ def test_batched_embeddings_equal_each_request_alone(shipped, uploads):
         with ThreadPoolExecutor(12) as pool:
             served = list(pool.map(embed, uploads))
         stats = app.state.service.batcher.stats
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
     # Batches formed: fewer forward passes than waveforms.
     assert stats.waveforms == len(uploads) and stats.batches < len(uploads)
     for path, emb in zip(uploads, served, strict=True):
         alone = shipped.embed(load_audio(path, shipped.sample_rate))
-        assert _cosine(emb, alone) >= 0.99999, path.name
+        assert cosine_score(emb, alone) >= 0.99999, path.name

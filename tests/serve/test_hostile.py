@@ -15,7 +15,6 @@ import socket
 import struct
 import tempfile
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,9 @@ import soundfile as sf
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
+
+from tests.serve.live import live_server  # noqa: E402
+
 pytest.importorskip("fastapi")
 
 from speakerprint.inference import SpeakerEncoder  # noqa: E402
@@ -83,27 +85,14 @@ def server(tmp_path_factory, tiny_bundle):
     records = _Records()
     names = ("uvicorn.access", "uvicorn.error", "speakerprint", "python_multipart")
     loggers = [logging.getLogger(n) for n in names]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    for logger in loggers:  # after uvicorn configured its loggers
-        logger.addHandler(records)
-    try:
-        yield f"http://127.0.0.1:{port}", port, db, records
-    finally:
-        for logger in loggers:
-            logger.removeHandler(records)
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with live_server(app, log_level="info", lifespan="on") as (url, port):
+        for logger in loggers:  # after uvicorn configured its loggers
+            logger.addHandler(records)
+        try:
+            yield url, port, db, records
+        finally:
+            for logger in loggers:
+                logger.removeHandler(records)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,6 +23,7 @@ from speakerprint.inference import SpeakerEncoder  # noqa: E402
 from speakerprint.inference.speech import require_speech  # noqa: E402
 from speakerprint.inference.store import EnrollmentStore, StoreError  # noqa: E402
 from speakerprint.serve import create_app  # noqa: E402
+from tests.serve.live import live_server  # noqa: E402
 
 KEY = "test-key-0123"
 MAX_UPLOAD_MB = 0.25  # 262,144 bytes per file; the body limit adds 64 KiB of form overhead
@@ -84,23 +82,8 @@ def server(tmp_path_factory, encoder):
         max_duration_s=MAX_DURATION_S,
         inference_threads=4,
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # a free port, chosen by the kernel and held from here on
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", db
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with live_server(app, lifespan="off") as (url, _):
+        yield url, db
 
 
 @pytest.fixture(scope="module")
